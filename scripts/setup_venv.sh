@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment in .venv and install the plugin.
+# Idempotent: a second run only checks that everything imports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${TIEKD_VENV:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import tiekd_fairseq, sacrebleu, sentencepiece, pytest" >/dev/null 2>&1; then
+  # fairseq pins omegaconf 2.0.x in its metadata, which pip >= 24.1 rejects.
+  "$VENV/bin/python" -m pip install -q "pip<24.1"
+  # torch first, pinned: 2.13.0 is the CPU build this project is tested with.
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e ".[test]"
+fi
+"$VENV/bin/python" -c "import torch, fairseq, tiekd_fairseq; print(f'venv ready: torch {torch.__version__}, fairseq {fairseq.__version__}, tiekd_fairseq {tiekd_fairseq.__version__}')" 2>&1 | grep -v "tensorboardX"

@@ -1,0 +1,21 @@
+from setuptools import setup
+
+setup(
+    name="tiekd-fairseq",
+    version="0.1.0",
+    description="TIE-KD (Top-1 Information Enhanced Knowledge Distillation) for fairseq NMT",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=["tiekd_fairseq"],
+    python_requires=">=3.8",
+    install_requires=[
+        # Stock fairseq 0.12.2 does not import on Python >= 3.11; ve-fairseq is the same
+        # code base with the 3.11 fixes, prebuilt (see README, "Which fairseq").
+        'fairseq>=0.12.2; python_version < "3.11"',
+        've-fairseq==0.12.3; python_version >= "3.11"',
+        "torch>=1.10",
+        "sacrebleu>=2.0",
+        "sentencepiece>=0.1.97",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)

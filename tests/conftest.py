@@ -1,4 +1,28 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
+
+import tiekd_fairseq  # noqa: E402,F401  (allows fairseq checkpoints in torch.load)
+import utils  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """A binarized toy corpus (fairseq-preprocess)."""
+    root = tmp_path_factory.mktemp("toy")
+    utils.write_toy_corpus(root / "raw")
+    utils.preprocess(root / "raw", root / "bin")
+    return root / "bin"
+
+
+@pytest.fixture(scope="session")
+def teacher_checkpoint(toy_data, tmp_path_factory):
+    """A teacher trained with plain label-smoothed CE (2+2 layers, 128 dim)."""
+    save = tmp_path_factory.mktemp("teacher")
+    utils.train(toy_data, save, "--arch", "tie_kd_transformer_tiny",
+                "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+                "--max-epoch", "25")
+    return save / "checkpoint_best.pt"

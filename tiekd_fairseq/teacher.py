@@ -7,6 +7,7 @@ was trained on the same language pair with the same dictionaries.
 
 import logging
 import os
+import re
 from typing import List, Optional
 
 import torch
@@ -31,6 +32,10 @@ def _read_checkpoint(path: str):
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as err:  # torch raises many kinds for corrupt or foreign files
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused:
+            _fail(path, f"not a readable fairseq checkpoint: it pickles {refused.group(1)}, which "
+                  "safe loading refuses (allowed: tensors, containers, argparse.Namespace)")
         _fail(path, f"not a readable fairseq checkpoint ({type(err).__name__}: {err})")
     if not isinstance(state, dict) or "model" not in state:
         _fail(path, "not a fairseq checkpoint (no 'model' entry)")

@@ -1,0 +1,130 @@
+"""Bad input gives a clear error before any training step (fairseq-train's own code path,
+run in-process like fairseq's tests/test_binaries.py)."""
+import os
+import shutil
+
+import pytest
+import torch
+from fairseq import options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq_cli import train
+
+import utils
+
+
+def run_train(data, save_dir, *extra):
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, [str(data), "--user-dir", utils.PLUGIN, "--save-dir", str(save_dir),
+                 *utils.TRAIN_COMMON, *utils.TINY_ARCH, "--max-update", "1", *map(str, extra)]
+    )
+    train.main(convert_namespace_to_omegaconf(args))
+
+
+def kd(teacher, *extra):
+    return ("--task", "translation_tie_kd", "--teacher-path", teacher, "--criterion", "tie_kd", *extra)
+
+
+def expect_error(data, tmp_path, args, message):
+    with pytest.raises(Exception, match=message):
+        run_train(data, tmp_path / "save", *args)
+    # before any training step: no checkpoint was written
+    assert not (tmp_path / "save" / "checkpoint_last.pt").exists()
+
+
+@pytest.fixture
+def copied_data(toy_data, tmp_path):
+    dest = tmp_path / "data"
+    shutil.copytree(toy_data, dest)
+    return dest
+
+
+def with_cfg(teacher_checkpoint, path, edit):
+    """A copy of the teacher checkpoint whose stored config is edited."""
+    state = torch.load(teacher_checkpoint, weights_only=True, map_location="cpu")
+    edit(state)
+    torch.save(state, path)
+    return path
+
+
+def test_task_without_teacher_path(toy_data, tmp_path):
+    expect_error(toy_data, tmp_path, ("--task", "translation_tie_kd", "--criterion", "tie_kd"),
+                 "--teacher-path is required by translation_tie_kd")
+
+
+def test_criterion_without_teacher_task(toy_data, tmp_path):
+    expect_error(toy_data, tmp_path, ("--criterion", "tie_kd"),
+                 "--criterion tie_kd needs a teacher, and task TranslationTask has none")
+
+
+def test_missing_teacher_file(toy_data, tmp_path):
+    expect_error(toy_data, tmp_path, kd(tmp_path / "nope.pt"), "nope.pt: no such file")
+
+
+def test_teacher_not_a_checkpoint(toy_data, tmp_path):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("this is not a checkpoint\n")
+    expect_error(toy_data, tmp_path, kd(bad), "notes.pt: not a readable fairseq checkpoint")
+
+
+def test_truncated_teacher(toy_data, teacher_checkpoint, tmp_path):
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(teacher_checkpoint.read_bytes()[: os.path.getsize(teacher_checkpoint) // 2])
+    expect_error(toy_data, tmp_path, kd(bad), "truncated.pt: not a readable fairseq checkpoint")
+
+
+def test_plain_state_dict_is_not_a_fairseq_checkpoint(toy_data, tmp_path):
+    bad = tmp_path / "weights.pt"
+    torch.save({"encoder.weight": torch.zeros(2)}, bad)
+    expect_error(toy_data, tmp_path, kd(bad), r"weights.pt: not a readable fairseq checkpoint")
+
+
+class Payload:
+    """Stands for any object a checkpoint could smuggle in."""
+
+
+def test_checkpoint_with_arbitrary_object_is_refused(toy_data, teacher_checkpoint, tmp_path):
+    evil = with_cfg(teacher_checkpoint, tmp_path / "evil.pt", lambda s: s.update(extra=Payload()))
+    expect_error(toy_data, tmp_path, kd(evil), r"evil.pt: not a readable fairseq checkpoint: it pickles test_errors.Payload, which safe loading refuses")
+
+
+def test_teacher_dictionary_differs(copied_data, teacher_checkpoint, tmp_path):
+    lines = (copied_data / "dict.tgt.txt").read_text().splitlines()
+    lines[2], lines[3] = lines[3], lines[2]  # symbols 6 and 7 (after 4 specials) swapped
+    (copied_data / "dict.tgt.txt").write_text("\n".join(lines) + "\n")
+    a, b = lines[3].split()[0], lines[2].split()[0]
+    expect_error(copied_data, tmp_path, kd(teacher_checkpoint),
+                 rf"dict.tgt.txt differs from the data's dict.tgt.txt at index 6: teacher has '{a}', data has '{b}'")
+
+
+def test_teacher_vocabulary_size_differs(copied_data, teacher_checkpoint, tmp_path):
+    with open(copied_data / "dict.tgt.txt", "a") as f:
+        f.write("extra_word 1\n")
+    # the teacher's data dir is gone (trained elsewhere): only sizes can be compared
+    moved = with_cfg(teacher_checkpoint, tmp_path / "moved.pt",
+                     lambda s: s["cfg"]["task"].update(data=str(tmp_path / "gone")))
+    expect_error(copied_data, tmp_path, kd(moved),
+                 r"teacher target vocabulary has \d+ symbols \(decoder.embed_tokens.weight\), "
+                 r"the data's target dictionary has \d+")
+
+
+def test_teacher_for_another_language_pair(toy_data, teacher_checkpoint, tmp_path):
+    reverse = with_cfg(teacher_checkpoint, tmp_path / "reverse.pt",
+                       lambda s: s["cfg"]["task"].update(source_lang="tgt", target_lang="src"))
+    expect_error(toy_data, tmp_path, kd(reverse),
+                 "teacher was trained with source_lang=tgt, the student task has src")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (("--kd-topk", "0"), r"--kd-topk must be in \[1, target vocabulary size \d+\], got 0"),
+        (("--kd-topk", "100000"), r"--kd-topk must be in \[1, target vocabulary size \d+\], got 100000"),
+        (("--kd-rate", "1.5"), r"--kd-rate must be in \[0, 1\], got 1.5"),
+        (("--kd-rate", "-0.1"), r"--kd-rate must be in \[0, 1\], got -0.1"),
+        (("--kd-iters", "0"), "--kd-iters must be >= 1, got 0"),
+        (("--kd-no-kl", "--kd-no-top1", "--kd-no-topk"), "leave no KD term"),
+    ],
+)
+def test_bad_criterion_options(toy_data, teacher_checkpoint, tmp_path, option, message):
+    expect_error(toy_data, tmp_path, kd(teacher_checkpoint, *option), message)

@@ -10,9 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 W=${1:-work/demo}
-TEACHER_UPDATES=${TEACHER_UPDATES:-2400}
-STUDENT_UPDATES=${STUDENT_UPDATES:-1200}
-VOCAB=${VOCAB:-8000}
+TEACHER_UPDATES=${TEACHER_UPDATES:-240}
+STUDENT_UPDATES=${STUDENT_UPDATES:-300}
+VOCAB=${VOCAB:-4000}
 bash scripts/setup_venv.sh
 export PATH=$REPO/.venv/bin:$PATH PYTHONUNBUFFERED=1
 mkdir -p "$W"
@@ -28,10 +28,10 @@ if [ ! -f "$W/bin/dict.de.txt" ]; then
 fi
 
 COMMON=(--user-dir "$REPO/tiekd_fairseq" --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
-  --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 400 --max-tokens 4096
+  --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates 150 --max-tokens 4096
   --share-all-embeddings --dropout 0.1 --seed 1 --num-workers 0 --cpu
-  --no-epoch-checkpoints --log-format simple --log-interval 50 --validate-interval-updates 400
-  --save-interval-updates 400 --keep-interval-updates 1 --keep-best-checkpoints 0)
+  --no-epoch-checkpoints --log-format simple --log-interval 25
+  --save-interval-updates 100 --keep-interval-updates 1)
 
 train() {  # NAME UPDATES ARGS... ; resumes from checkpoint_last.pt if present
   local name=$1 updates=$2; shift 2
@@ -39,7 +39,7 @@ train() {  # NAME UPDATES ARGS... ; resumes from checkpoint_last.pt if present
   mkdir -p "$dir"
   log "train $name ($updates updates)"
   fairseq-train "$W/bin" --save-dir "$dir" --max-update "$updates" "${COMMON[@]}" "$@" \
-    2>&1 | grep -v tensorboardX | tee "$dir/train.log" | grep -E "\| (train_inner|valid|train) \||done training"
+    2>&1 | grep --line-buffered -v tensorboardX | tee "$dir/train.log" | grep --line-buffered -E "\| (train_inner|valid|train) \||done training"
   [ -f "$dir/train_seconds" ] || echo $((SECONDS - start)) > "$dir/train_seconds"
 }
 

@@ -107,3 +107,18 @@ def test_vanilla_word_kd_setting(toy_data, teacher_checkpoint, tmp_path):
     line = [l for l in (proc.stdout + proc.stderr).splitlines() if "| train |" in l][-1]
     assert "kd_top1 0 " in line and "kd_topk 0 " in line
     assert float(re.search(r"kd_kl ([0-9.]+)", line).group(1)) > 0
+
+
+def test_option_help_lists_every_plugin_option():
+    import subprocess
+    import sys
+
+    from tiekd_fairseq.criterion import TieKDCriterionConfig
+
+    out = subprocess.run([sys.executable, "-m", "tiekd_fairseq"], capture_output=True, text=True,
+                         check=True, cwd=utils.REPO).stdout
+    names = [n for n in TieKDCriterionConfig.__dataclass_fields__ if n != "sentence_avg"]
+    for name in names + ["teacher_path", "teacher_fp32"]:
+        flag = "--" + name.replace("_", "-")
+        assert flag in out, flag
+    assert out.count("(default:") >= len(names) + 2  # each with its help line

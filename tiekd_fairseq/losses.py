@@ -49,8 +49,13 @@ def chunk_rows(num_rows: int, vocab: int, chunk_tokens: Optional[int]) -> int:
     return max(1, min(num_rows, _AUTO_CHUNK_ELEMENTS // max(1, vocab)))
 
 
-def _kl_chunk(ls: Tensor, lt: Tensor, t_arg: Tensor, k: int, target: str):
-    """Per-row KL(q || p_S) and its gradient w.r.t. the student logits (p_S - q)."""
+def _kl_chunk(ls: Tensor, lt: Tensor, zt: Tensor, t_arg: Tensor, k: int, target: str):
+    """Per-row KL(q || p_S) and its gradient w.r.t. the student logits (p_S - q).
+
+    Renormalised targets are computed from the teacher logits ``zt``, not from the
+    log-probabilities ``lt``: with large logits, ``lt`` carries a large offset whose
+    rounding error would survive the renormalisation.
+    """
     ps = ls.exp()
     if target == "full":
         q = lt.exp()
@@ -61,14 +66,12 @@ def _kl_chunk(ls: Tensor, lt: Tensor, t_arg: Tensor, k: int, target: str):
         return kl, grad
     if target == "topk":
         idx = lt.topk(k, dim=-1).indices
-        lq = lt.gather(1, idx)
-        lq = lq - lq.logsumexp(-1, keepdim=True)
+        lq = zt.gather(1, idx).log_softmax(-1)
         q = lq.exp()
         kl = (q * (lq - ls.gather(1, idx))).sum(-1)
         return kl, ps.scatter_add(1, idx, -q)
     if target == "no_top1":
-        lq = lt.scatter(1, t_arg[:, None], float("-inf"))
-        lq = lq - lq.logsumexp(-1, keepdim=True)
+        lq = zt.scatter(1, t_arg[:, None], float("-inf")).log_softmax(-1)
         q = lq.exp()  # exactly 0 at the teacher's top-1
         lq = lq.scatter(1, t_arg[:, None], 0.0)  # 0 * (0 - ls) = 0 there, no nan
         return (q * (lq - ls)).sum(-1), ps - q
@@ -133,7 +136,7 @@ def _terms(zs_all, zt_all, mask, k, use_kl, use_top1, use_topk, target, chunk, g
         t_arg[start:end] = lt.argmax(-1)
         grad = None
         if use_kl:
-            kl, grad = _kl_chunk(ls, lt, t_arg[start:end], k, target)
+            kl, grad = _kl_chunk(ls, lt, zt, t_arg[start:end], k, target)
             sums[0] += (kl * m).sum()
         if use_top1 or use_topk:
             top1, topk, g_rank = _rank_chunk(ls.exp(), lt, zs, k, use_top1, use_topk)

@@ -1,0 +1,60 @@
+"""The loss stays finite and close to the float64 result on adversarial logits, in
+float32, bfloat16 and float16 (half-precision inputs are upcast chunk by chunk)."""
+import pytest
+import torch
+
+from tiekd_fairseq.losses import TEACHER_TARGETS, tie_kd_loss
+
+V = 50
+
+
+def adversarial(kind, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (2, 4, V)
+    if kind == "peaked":  # one huge logit per row
+        zs, zt = torch.zeros(shape), torch.zeros(shape)
+        zs[..., 3] = 6e4
+        zt[..., 7] = 6e4
+    elif kind == "flat":
+        zs, zt = torch.zeros(shape), torch.zeros(shape)
+    elif kind == "large":
+        # up to +-6e4: still finite in float16 (max 65504)
+        zs = (torch.randn(shape, generator=g) * 3e4).clamp(-6e4, 6e4)
+        zt = (torch.randn(shape, generator=g) * 3e4).clamp(-6e4, 6e4)
+    else:
+        zs = torch.randn(shape, generator=g) * 4
+        zt = torch.randn(shape, generator=g) * 4
+    mask = torch.ones(shape[:2], dtype=torch.bool)
+    if kind in ("large", "random"):
+        mask[0] = False  # an all-pad row
+        mask[1, 1:] = False  # a length-1 target
+    return zs, zt, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["peaked", "flat", "large", "random"])
+@pytest.mark.parametrize("target", TEACHER_TARGETS)
+def test_finite_and_close_to_float64(dtype, kind, target):
+    zs, zt, mask = adversarial(kind)
+    zs, zt = zs.to(dtype), zt.to(dtype)  # the inputs as the model would give them
+    ref = tie_kd_loss(zs.double(), zt.double(), mask, 5, teacher_target=target)
+    x = zs.clone().requires_grad_()
+    out = tie_kd_loss(x, zt, mask, 5, teacher_target=target)
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32  # never reported in half precision
+    for name in ("loss", "kl", "top1", "topk"):
+        value = getattr(out, name)
+        assert torch.isfinite(value), name
+        torch.testing.assert_close(value.double(), getattr(ref, name), rtol=1e-4, atol=1e-4)
+    assert out.kl >= -1e-6 * mask.sum()  # KL is never negative beyond rounding
+    assert torch.isfinite(x.grad.float()).all()
+    assert x.grad.dtype == dtype and x.grad[~mask].abs().max() == 0 if (~mask).any() else True
+
+
+def test_all_pad_batch_is_zero():
+    zs, zt, _ = adversarial("random")
+    x = zs.clone().requires_grad_()
+    out = tie_kd_loss(x, zt, torch.zeros(zs.shape[:2], dtype=torch.bool), 5)
+    out.loss.backward()
+    assert out.loss == 0 and out.kl == 0 and out.top1 == 0 and out.topk == 0
+    assert x.grad.abs().max() == 0

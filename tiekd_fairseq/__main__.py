@@ -1,0 +1,34 @@
+"""``python -m tiekd_fairseq``: print the plugin's fairseq-train options with their help.
+
+fairseq 0.12's ``fairseq-train --help`` exits before it adds any task or criterion options
+(built-in ones such as ``--label-smoothing`` included), so ours are listed here, generated
+from the same dataclasses that fairseq reads.
+"""
+import argparse
+
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+
+from .criterion import TieKDCriterionConfig
+from .task import TranslationTieKDConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fairseq-train ... --user-dir tiekd_fairseq",
+        description="Options added by tiekd_fairseq (use with fairseq-train).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    task = parser.add_argument_group("--task translation_tie_kd (plus all of --task translation's)")
+    task_only = {k: v for k, v in TranslationTieKDConfig.__dataclass_fields__.items()
+                 if k not in TranslationTieKDConfig.__mro__[1].__dataclass_fields__}
+    for name in task_only:
+        field = task_only[name]
+        task.add_argument("--" + name.replace("_", "-"), default=field.default,
+                          action="store_true" if field.type is bool else None,
+                          help=field.metadata.get("help"))
+    gen_parser_from_dataclass(parser.add_argument_group("--criterion tie_kd"), TieKDCriterionConfig())
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().print_help()

@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 W=${1:-work/demo}
-TEACHER_UPDATES=${TEACHER_UPDATES:-240}
-STUDENT_UPDATES=${STUDENT_UPDATES:-300}
+TEACHER_UPDATES=${TEACHER_UPDATES:-2400}
+STUDENT_UPDATES=${STUDENT_UPDATES:-1200}
 VOCAB=${VOCAB:-4000}
 bash scripts/setup_venv.sh
 export PATH=$REPO/.venv/bin:$PATH PYTHONUNBUFFERED=1
@@ -28,10 +28,10 @@ if [ ! -f "$W/bin/dict.de.txt" ]; then
 fi
 
 COMMON=(--user-dir "$REPO/tiekd_fairseq" --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
-  --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates 150 --max-tokens 4096
+  --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates 300 --max-tokens 1024
   --share-all-embeddings --dropout 0.1 --seed 1 --num-workers 0 --cpu
-  --no-epoch-checkpoints --log-format simple --log-interval 25
-  --save-interval-updates 100 --keep-interval-updates 1)
+  --no-epoch-checkpoints --log-format simple --log-interval 100 --validate-interval-updates 600
+  --save-interval-updates 300 --keep-interval-updates 1)
 
 train() {  # NAME UPDATES ARGS... ; resumes from checkpoint_last.pt if present
   local name=$1 updates=$2; shift 2
@@ -54,9 +54,9 @@ translate() {  # NAME
   echo $((SECONDS - start)) > "$dir/decode_seconds"
 }
 
-train teacher "$TEACHER_UPDATES" --arch tie_kd_transformer_small \
+train teacher "$TEACHER_UPDATES" --arch tie_kd_transformer_tiny \
   --criterion label_smoothed_cross_entropy --label-smoothing 0.1
-STUDENT=(--arch tie_kd_transformer_tiny)
+STUDENT=(--arch tie_kd_transformer_micro)
 train student_ce "$STUDENT_UPDATES" "${STUDENT[@]}" \
   --criterion label_smoothed_cross_entropy --label-smoothing 0.1
 train student_tie_kd "$STUDENT_UPDATES" "${STUDENT[@]}" --task translation_tie_kd \

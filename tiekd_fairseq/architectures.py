@@ -5,8 +5,8 @@ are ordinary fairseq checkpoints (loadable with ``--user-dir tiekd_fairseq``):
 
 - ``tie_kd_transformer_base``: Transformer-base (Vaswani et al.), = ``transformer_wmt_en_de``;
 - ``tie_kd_transformer_big``: Transformer-big, = ``transformer_vaswani_wmt_en_de_big``;
-- ``tie_kd_transformer_small`` (3+3 layers, 256 dim) and ``tie_kd_transformer_tiny``
-  (2+2 layers, 128 dim): sizes that train usefully on a few CPU cores.
+- ``tie_kd_transformer_small`` (3+3 layers, 256 dim), ``tie_kd_transformer_tiny`` (2+2, 128)
+  and ``tie_kd_transformer_micro`` (1+1, 96): sizes that train usefully on a few CPU cores.
 """
 
 from fairseq.models import register_model_architecture
@@ -44,3 +44,8 @@ def tie_kd_transformer_small(args):
 @register_model_architecture("transformer", "tie_kd_transformer_tiny")
 def tie_kd_transformer_tiny(args):
     _cpu_sized(args, layers=2, dim=128, ffn=512, heads=4)
+
+
+@register_model_architecture("transformer", "tie_kd_transformer_micro")
+def tie_kd_transformer_micro(args):
+    _cpu_sized(args, layers=1, dim=96, ffn=384, heads=4)

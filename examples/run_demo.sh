@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 W=${1:-work/demo}
-TEACHER_UPDATES=${TEACHER_UPDATES:-2400}
-STUDENT_UPDATES=${STUDENT_UPDATES:-1200}
+TEACHER_UPDATES=${TEACHER_UPDATES:-2200}
+STUDENT_UPDATES=${STUDENT_UPDATES:-1000}
 VOCAB=${VOCAB:-4000}
 bash scripts/setup_venv.sh
 export PATH=$REPO/.venv/bin:$PATH PYTHONUNBUFFERED=1
@@ -30,8 +30,8 @@ fi
 COMMON=(--user-dir "$REPO/tiekd_fairseq" --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
   --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates 300 --max-tokens 1024
   --share-all-embeddings --dropout 0.1 --seed 1 --num-workers 0 --cpu
-  --no-epoch-checkpoints --log-format simple --log-interval 100 --validate-interval-updates 600
-  --save-interval-updates 300 --keep-interval-updates 1)
+  --no-epoch-checkpoints --log-format simple --log-interval 100 --validate-interval-updates 500
+  --save-interval-updates 500 --keep-interval-updates 1)
 
 train() {  # NAME UPDATES ARGS... ; resumes from checkpoint_last.pt if present
   local name=$1 updates=$2; shift 2
@@ -49,6 +49,7 @@ translate() {  # NAME
   log "translate test with $1 (beam 4, lenpen 0.6)"
   fairseq-generate "$W/bin" --user-dir "$REPO/tiekd_fairseq" --path "$dir/checkpoint_last.pt" \
     --gen-subset test --beam 4 --lenpen 0.6 --batch-size 64 --post-process sentencepiece --cpu \
+    --required-batch-size-multiple 1 \
     2>/dev/null > "$dir/generate.out"
   grep ^H- "$dir/generate.out" | sed 's/^H-//' | sort -n -k1,1 | cut -f3 > "$dir/hyp.txt"
   echo $((SECONDS - start)) > "$dir/decode_seconds"

@@ -11,14 +11,16 @@ import utils
 
 def generate(data, checkpoint, *extra):
     out = utils.cli("fairseq-generate", data, "--user-dir", utils.PLUGIN, "--path", checkpoint,
-                    "--beam", "4", "--lenpen", "0.6", "--batch-size", "64", "--cpu", *extra)
+                    "--beam", "4", "--lenpen", "0.6", "--batch-size", "64", "--cpu",
+                    # fairseq 0.12 silently drops some sentences with the default multiple of 8
+                    "--required-batch-size-multiple", "1", *extra)
     hyps, refs = {}, {}
     for line in out.stdout.splitlines():
         kind, _, rest = line.partition("-")
         if kind in ("H", "T"):
             idx, *fields = rest.split("\t")
             (hyps if kind == "H" else refs)[int(idx)] = fields[-1]
-    assert hyps and hyps.keys() == refs.keys(), out.stderr[-2000:]
+    assert hyps and hyps.keys() == refs.keys() == set(range(40)), out.stderr[-2000:]
     order = sorted(hyps)
     return [hyps[i] for i in order], [refs[i] for i in order], out
 

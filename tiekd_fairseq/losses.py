@@ -49,14 +49,13 @@ def chunk_rows(num_rows: int, vocab: int, chunk_tokens: Optional[int]) -> int:
     return max(1, min(num_rows, _AUTO_CHUNK_ELEMENTS // max(1, vocab)))
 
 
-def _kl_chunk(ls: Tensor, lt: Tensor, zt: Tensor, t_arg: Tensor, k: int, target: str):
+def _kl_chunk(ls: Tensor, ps: Tensor, lt: Tensor, zt: Tensor, t_arg: Tensor, k: int, target: str):
     """Per-row KL(q || p_S) and its gradient w.r.t. the student logits (p_S - q).
 
     Renormalised targets are computed from the teacher logits ``zt``, not from the
     log-probabilities ``lt``: with large logits, ``lt`` carries a large offset whose
     rounding error would survive the renormalisation.
     """
-    ps = ls.exp()
     if target == "full":
         q = lt.exp()
         return (q * (lt - ls)).sum(-1), ps - q
@@ -134,12 +133,13 @@ def _terms(zs_all, zt_all, mask, k, use_kl, use_top1, use_topk, target, chunk, g
         lt = zt.log_softmax(-1)
         s_arg[start:end] = zs.argmax(-1)
         t_arg[start:end] = lt.argmax(-1)
+        ps = ls.exp()  # read-only below: each term builds its own gradient tensor
         grad = None
         if use_kl:
-            kl, grad = _kl_chunk(ls, lt, zt, t_arg[start:end], k, target)
+            kl, grad = _kl_chunk(ls, ps, lt, zt, t_arg[start:end], k, target)
             sums[0] += (kl * m).sum()
         if use_top1 or use_topk:
-            top1, topk, g_rank = _rank_chunk(ls.exp(), lt, zs, k, use_top1, use_topk)
+            top1, topk, g_rank = _rank_chunk(ps, lt, zs, k, use_top1, use_topk)
             sums[1] += (top1 * m).sum()
             sums[2] += (topk * m).sum()
             grad = g_rank if grad is None else grad.add_(g_rank)

@@ -56,7 +56,9 @@ def make_teacher(data, dim, layers, path):
     cfg = parse(data, arch_args(dim, layers) + ["--criterion", "label_smoothed_cross_entropy"])
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model)
-    Trainer(cfg, task, model, task.build_criterion(cfg.criterion)).save_checkpoint(path, {})
+    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+    trainer.consolidate_optimizer()  # as fairseq's checkpoint_utils.save_checkpoint does
+    trainer.save_checkpoint(path, {})
 
 
 def run_variant(data, name, dim, layers, teacher, steps, warmup):

@@ -10,9 +10,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if ! "$VENV/bin/python" -c "import tiekd_fairseq, sacrebleu, sentencepiece, pytest" >/dev/null 2>&1; then
   # fairseq pins omegaconf 2.0.x in its metadata, which pip >= 24.1 rejects.
-  "$VENV/bin/python" -m pip install -q "pip<24.1"
+  pip() {  # quiet, minus the notes of this machine's pip config about absent local indexes
+    "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  }
+  pip "pip<24.1"
   # torch first, pinned: 2.13.0 is the CPU build this project is tested with.
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  pip "torch==2.13.0"
+  pip -e ".[test]"
 fi
 "$VENV/bin/python" -c "import torch, fairseq, tiekd_fairseq; print(f'venv ready: torch {torch.__version__}, fairseq {fairseq.__version__}, tiekd_fairseq {tiekd_fairseq.__version__}')" 2>&1 | grep -v "tensorboardX"

@@ -30,7 +30,7 @@ def test_220_updates_retain_nothing(toy_data, teacher_checkpoint):
     trainer = Trainer(cfg, task, task.build_model(cfg.model), task.build_criterion(cfg.criterion))
     epoch = task.get_batch_iterator(task.dataset("train"), max_tokens=300, seed=1)
     batches = list(epoch.next_epoch_itr(shuffle=False))
-    assert len(batches) >= 50
+    assert len(batches) >= 20  # cycled through, so every batch is seen several times
     counts, rss = [], []
     for step in range(220):
         trainer.train_step([batches[step % len(batches)]])

@@ -26,10 +26,14 @@ def seconds(run_dir, name):
 
 def checkpoint_facts(run_dir):
     state = torch.load(os.path.join(run_dir, "checkpoint_last.pt"), map_location="cpu", weights_only=True)
-    params = sum(v.numel() for k, v in state["model"].items() if not k.endswith("_float_tensor"))
+    # tied weights (--share-all-embeddings) are one tensor under several keys: count once
+    unique = {v.untyped_storage().data_ptr(): v for k, v in state["model"].items()
+              if not k.endswith("_float_tensor")}
+    params = sum(v.numel() for v in unique.values())
     updates = state["optimizer_history"][-1]["num_updates"]
     cfg = state["cfg"]
-    return params, updates, cfg["model"]["arch"] if "arch" in cfg["model"] else cfg["model"]["_name"], cfg["criterion"]["_name"]
+    model_cfg = vars(cfg["model"]) if not isinstance(cfg["model"], dict) else cfg["model"]  # Namespace for legacy archs
+    return params, updates, model_cfg.get("arch") or model_cfg["_name"], cfg["criterion"]["_name"]
 
 
 def main():

@@ -33,14 +33,15 @@ COMMON=(--user-dir "$REPO/tiekd_fairseq" --optimizer adam --adam-betas '(0.9,0.9
   --no-epoch-checkpoints --log-format simple --log-interval 100 --validate-interval-updates 500
   --save-interval-updates 500 --keep-interval-updates 1)
 
-train() {  # NAME UPDATES ARGS... ; resumes from checkpoint_last.pt if present
+train() {  # NAME UPDATES ARGS... ; a killed run resumes from checkpoint_last.pt, a finished one is skipped
   local name=$1 updates=$2; shift 2
   local dir=$W/$name start=$SECONDS
   mkdir -p "$dir"
+  [ -f "$dir/train_seconds" ] && { log "$name already trained"; return; }
   log "train $name ($updates updates)"
   fairseq-train "$W/bin" --save-dir "$dir" --max-update "$updates" "${COMMON[@]}" "$@" \
     2>&1 | grep --line-buffered -v tensorboardX | tee "$dir/train.log" | grep --line-buffered -E "\| (train_inner|valid|train) \||done training"
-  [ -f "$dir/train_seconds" ] || echo $((SECONDS - start)) > "$dir/train_seconds"
+  echo $((SECONDS - start)) > "$dir/train_seconds"
 }
 
 translate() {  # NAME

@@ -49,71 +49,67 @@ def chunk_rows(num_rows: int, vocab: int, chunk_tokens: Optional[int]) -> int:
     return max(1, min(num_rows, _AUTO_CHUNK_ELEMENTS // max(1, vocab)))
 
 
-def _kl_chunk(ls: Tensor, ps: Tensor, lt: Tensor, zt: Tensor, t_arg: Tensor, k: int, target: str):
-    """Per-row KL(q || p_S) and its gradient w.r.t. the student logits (p_S - q).
+def _kl_chunk(zs, zt, lse_s, lse_t, t_idx, t_arg, target):
+    """Per-row KL(q || p_S), and q for the gradient ``p_S - q``: dense, or sparse (idx, vals).
 
-    Renormalised targets are computed from the teacher logits ``zt``, not from the
-    log-probabilities ``lt``: with large logits, ``lt`` carries a large offset whose
-    rounding error would survive the renormalisation.
+    Works on logits and row log-sum-exps (``log p = z - lse``) so that no log-probability
+    tensor is materialised; renormalised targets are built from the teacher logits, whose
+    rounding errors do not grow with the logits' offset.
     """
     if target == "full":
-        q = lt.exp()
-        return (q * (lt - ls)).sum(-1), ps - q
+        q = (zt - lse_t).exp_()
+        # sum_v q (log q - log p_S) = sum_v q (zt - zs) - lse_t + lse_s; summed with
+        # torch's pairwise sum (a batched dot was faster but 10x less accurate in float32)
+        kl = (zt - zs).mul_(q).sum(-1) + (lse_s - lse_t).view(-1)
+        return kl, q, None
     if target == "top1":
-        kl = -ls.gather(1, t_arg[:, None]).squeeze(1)
-        grad = ps.scatter_add(1, t_arg[:, None], -torch.ones_like(ls[:, :1]))
-        return kl, grad
+        kl = (lse_s - zs.gather(1, t_arg[:, None])).view(-1)
+        return kl, None, (t_arg[:, None], torch.ones_like(kl)[:, None])
     if target == "topk":
-        idx = lt.topk(k, dim=-1).indices
-        lq = zt.gather(1, idx).log_softmax(-1)
+        lq = zt.gather(1, t_idx).log_softmax(-1)
         q = lq.exp()
-        kl = (q * (lq - ls.gather(1, idx))).sum(-1)
-        return kl, ps.scatter_add(1, idx, -q)
+        kl = (q * (lq - zs.gather(1, t_idx) + lse_s)).sum(-1)
+        return kl, None, (t_idx, q)
     if target == "no_top1":
         lq = zt.scatter(1, t_arg[:, None], float("-inf")).log_softmax(-1)
         q = lq.exp()  # exactly 0 at the teacher's top-1
-        lq = lq.scatter(1, t_arg[:, None], 0.0)  # 0 * (0 - ls) = 0 there, no nan
-        return (q * (lq - ls)).sum(-1), ps - q
+        lq.scatter_(1, t_arg[:, None], 0.0)  # 0 * (0 - log p_S) = 0 there, no nan
+        kl = (q * (lq - zs + lse_s)).sum(-1)
+        return kl, q, None
     raise ValueError(f"teacher_target must be one of {TEACHER_TARGETS}, got {target!r}")
 
 
-def _rank_chunk(ps: Tensor, lt: Tensor, zs: Tensor, k: int, use_top1: bool, use_topk: bool):
-    """Per-row ranking terms and their gradient w.r.t. the student logits.
+def _rank_chunk(ps, zt, lse_t, t_idx, s_idx, use_top1, use_topk):
+    """Per-row ranking terms, and their gradient w.r.t. p_S as sparse (idx, G) pairs.
 
-    The terms depend on p_S only at the 2k gathered ids, so their gradient w.r.t. p_S is
-    sparse (g_t at the teacher's top-k ids, g_s at the student's); through the softmax it
-    becomes ``p_S * (G - <G, p_S>)``.
+    The terms depend on p_S only at the 2k gathered ids; through the softmax a sparse
+    gradient G becomes ``p_S * (G - <G, p_S>)``, so the caller needs ``dot = <G, p_S>`` and
+    the sparse values ``G * p_S`` at the ids.
     """
     zero = ps.new_zeros(ps.size(0))
-    t_idx = lt.topk(k, dim=-1).indices  # ordered: t_idx[:, 0] is the teacher's top-1
-    ps_t = ps.gather(1, t_idx)
+    ps_t = ps.gather(1, t_idx)  # t_idx[:, 0] is the teacher's top-1
     g_t = torch.zeros_like(ps_t)
     top1 = topk = zero
+    sparse = []
     if use_top1:
         d = ps_t[:, 1:] - ps_t[:, :1]
         top1 = d.clamp_min(0).sum(-1)
         active = (d > 0).to(ps.dtype)
         g_t[:, 1:] += active
         g_t[:, 0] -= active.sum(-1)
-    dot = (g_t * ps_t).sum(-1)
     if use_topk:
-        s_idx = zs.topk(k, dim=-1).indices
         ps_s = ps.gather(1, s_idx)
-        pt_t = lt.gather(1, t_idx).exp()
-        pt_s = lt.gather(1, s_idx).exp()
+        pt_t = (zt.gather(1, t_idx) - lse_t).exp()
+        pt_s = (zt.gather(1, s_idx) - lse_t).exp()
         teacher_prefers = pt_t[:, :, None] > pt_s[:, None, :]  # [a, b]: p_T(a) > p_T(b)
         diff = ps_s[:, None, :] - ps_t[:, :, None]  # [a, b]: p_S(b) - p_S(a)
         topk = (diff.clamp_min(0) * teacher_prefers).sum((1, 2))
         active = (teacher_prefers & (diff > 0)).to(ps.dtype)
-        g_s = active.sum(1)
-        g_topk_t = -active.sum(2)
-        g_t += g_topk_t
-        dot = dot + (g_s * ps_s).sum(-1) + (g_topk_t * ps_t).sum(-1)
-    grad = ps * -dot[:, None]
-    grad.scatter_add_(1, t_idx, g_t * ps_t)
-    if use_topk:
-        grad.scatter_add_(1, s_idx, g_s * ps_s)
-    return top1, topk, grad
+        g_t -= active.sum(2)
+        sparse.append((s_idx, active.sum(1) * ps_s))
+    sparse.append((t_idx, g_t * ps_t))
+    dot = sum(v.sum(-1) for _, v in sparse)
+    return top1, topk, dot, sparse
 
 
 def _terms(zs_all, zt_all, mask, k, use_kl, use_top1, use_topk, target, chunk, grad_buf, weight):
@@ -124,30 +120,42 @@ def _terms(zs_all, zt_all, mask, k, use_kl, use_top1, use_topk, target, chunk, g
     t_arg = torch.empty_like(s_arg)
     # Half-precision logits are upcast chunk by chunk; float64 stays float64.
     compute_dtype = torch.promote_types(zs_all.dtype, torch.float32)
+    use_rank = use_top1 or use_topk
     for start in range(0, rows, chunk):
         end = min(rows, start + chunk)
         zs = zs_all[start:end].to(compute_dtype)
         zt = zt_all[start:end].to(compute_dtype)
-        m = mask[start:end].to(zs.dtype)
-        ls = zs.log_softmax(-1)
-        lt = zt.log_softmax(-1)
-        s_arg[start:end] = zs.argmax(-1)
-        t_arg[start:end] = lt.argmax(-1)
-        ps = ls.exp()  # read-only below: each term builds its own gradient tensor
-        grad = None
+        m = mask[start:end].to(compute_dtype)
+        lse_s = zs.logsumexp(-1, keepdim=True)
+        lse_t = zt.logsumexp(-1, keepdim=True)
+        ps = (zs - lse_s).exp_()
+        # top-k indices are ordered, so their first column is the argmax
+        t_idx = zt.topk(k, dim=-1).indices if use_rank or (use_kl and target == "topk") else None
+        s_idx = zs.topk(k, dim=-1).indices if use_topk else None
+        t_arg[start:end] = t_idx[:, 0] if t_idx is not None else zt.argmax(-1)
+        s_arg[start:end] = s_idx[:, 0] if s_idx is not None else zs.argmax(-1)
+        q, sparse, dot = None, [], 0.0
         if use_kl:
-            kl, grad = _kl_chunk(ls, ps, lt, zt, t_arg[start:end], k, target)
+            kl, q, q_sparse = _kl_chunk(zs, zt, lse_s, lse_t, t_idx, t_arg[start:end], target)
             sums[0] += (kl * m).sum()
-        if use_top1 or use_topk:
-            top1, topk, g_rank = _rank_chunk(ps, lt, zs, k, use_top1, use_topk)
+            if q_sparse is not None:
+                sparse.append((q_sparse[0], -q_sparse[1]))
+        if use_rank:
+            top1, topk, dot, rank_sparse = _rank_chunk(ps, zt, lse_t, t_idx, s_idx, use_top1, use_topk)
             sums[1] += (top1 * m).sum()
             sums[2] += (topk * m).sum()
-            grad = g_rank if grad is None else grad.add_(g_rank)
-        if grad_buf is not None:
-            if grad is None:
-                grad_buf[start:end] = 0
-            else:
-                grad_buf[start:end] = grad.mul_(m[:, None] * weight)
+            sparse += rank_sparse
+        if grad_buf is None:
+            continue
+        # d(weight * terms)/dz = wm * [p_S * (use_kl - dot) - q_dense + scatter(sparse)]
+        wm = (m * weight)[:, None]
+        coef = (float(use_kl) - dot[:, None]) * wm if use_rank else wm * float(use_kl)
+        grad = ps.mul_(coef)  # ps is not needed any more
+        if q is not None:
+            grad.addcmul_(q, wm, value=-1.0)
+        for idx, vals in sparse:
+            grad.scatter_add_(1, idx, vals * wm)
+        grad_buf[start:end] = grad
     return sums, s_arg, t_arg
 
 

@@ -7,6 +7,7 @@ from the same dataclasses that fairseq reads.
 import argparse
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.tasks.translation import TranslationConfig
 
 from .criterion import TieKDCriterionConfig
 from .task import TranslationTieKDConfig
@@ -19,10 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     task = parser.add_argument_group("--task translation_tie_kd (plus all of --task translation's)")
-    task_only = {k: v for k, v in TranslationTieKDConfig.__dataclass_fields__.items()
-                 if k not in TranslationTieKDConfig.__mro__[1].__dataclass_fields__}
-    for name in task_only:
-        field = task_only[name]
+    for name, field in TranslationTieKDConfig.__dataclass_fields__.items():
+        if name in TranslationConfig.__dataclass_fields__:
+            continue
         task.add_argument("--" + name.replace("_", "-"), default=field.default,
                           action="store_true" if field.type is bool else None,
                           help=field.metadata.get("help"))

@@ -134,7 +134,7 @@ def _terms(zs_all, zt_all, mask, k, use_kl, use_top1, use_topk, target, chunk, g
         s_idx = zs.topk(k, dim=-1).indices if use_topk else None
         t_arg[start:end] = t_idx[:, 0] if t_idx is not None else zt.argmax(-1)
         s_arg[start:end] = s_idx[:, 0] if s_idx is not None else zs.argmax(-1)
-        q, sparse, dot = None, [], 0.0
+        q, sparse, dot = None, [], zs.new_zeros(end - start)
         if use_kl:
             kl, q, q_sparse = _kl_chunk(zs, zt, lse_s, lse_t, t_idx, t_arg[start:end], target)
             sums[0] += (kl * m).sum()
@@ -149,8 +149,7 @@ def _terms(zs_all, zt_all, mask, k, use_kl, use_top1, use_topk, target, chunk, g
             continue
         # d(weight * terms)/dz = wm * [p_S * (use_kl - dot) - q_dense + scatter(sparse)]
         wm = (m * weight)[:, None]
-        coef = (float(use_kl) - dot[:, None]) * wm if use_rank else wm * float(use_kl)
-        grad = ps.mul_(coef)  # ps is not needed any more
+        grad = ps.mul_((float(use_kl) - dot[:, None]) * wm)  # ps is not needed any more
         if q is not None:
             grad.addcmul_(q, wm, value=-1.0)
         for idx, vals in sparse:

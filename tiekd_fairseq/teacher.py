@@ -15,6 +15,8 @@ from fairseq import checkpoint_utils, models
 from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+from .checkpoint_loading import ALLOWED_GLOBALS
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,8 +36,9 @@ def _read_checkpoint(path: str):
     except Exception as err:  # torch raises many kinds for corrupt or foreign files
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if refused:
+            allowed = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in ALLOWED_GLOBALS)
             _fail(path, f"not a readable fairseq checkpoint: it pickles {refused.group(1)}, which "
-                  "safe loading refuses (allowed: tensors, containers, argparse.Namespace)")
+                  f"safe loading refuses (allowed: tensors, containers, {allowed})")
         _fail(path, f"not a readable fairseq checkpoint ({type(err).__name__}: {err})")
     if not isinstance(state, dict) or "model" not in state:
         _fail(path, "not a fairseq checkpoint (no 'model' entry)")

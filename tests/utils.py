@@ -3,6 +3,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = os.path.join(REPO, "tiekd_fairseq")
@@ -59,10 +60,60 @@ TRAIN_COMMON = (
 
 
 def train(data, save_dir, *extra, check=True):
-    return cli("fairseq-train", data, "--user-dir", PLUGIN, "--save-dir", save_dir,
-               *TRAIN_COMMON, *extra, check=check)
+    return cli("fairseq-train", *train_command(data, save_dir, *extra)[1:], check=check)
+
+
+def train_command(data, save_dir, *extra):
+    return [os.path.join(BIN, "fairseq-train"), *map(str, (data, "--user-dir", PLUGIN, "--save-dir",
+                                                           save_dir, *TRAIN_COMMON, *extra))]
+
+
+def run_until(cmd, marker, timeout=600):
+    """Start ``cmd``, SIGKILL it as soon as a line of its output contains ``marker``; the
+    output seen so far. Fails if the command ends (or times out) before the marker."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    seen = []
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if marker in line:
+                proc.kill()
+                break
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+    text = "".join(seen)
+    if marker not in text:
+        raise AssertionError(f"{cmd[0]} ended before printing {marker!r}:\n{text[-3000:]}")
+    return text
 
 
 TINY_ARCH = ("--arch", "tie_kd_transformer_tiny", "--encoder-layers", "1", "--decoder-layers", "1",
              "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
              "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128")
+
+
+def make_pool(root, data, n=300, seed=99, parallel_copy=False):
+    """An unlabeled source pool of toy sentences binarized with the data's source dictionary
+    (fairseq-preprocess --only-source). With ``parallel_copy``, the same sources (and their
+    true targets) also become the test split of ROOT/as_test, for fairseq-generate."""
+    os.makedirs(root, exist_ok=True)
+    with open(f"{root}/pool.src", "w") as fs, open(f"{root}/pool.tgt", "w") as ft:
+        for s, t in toy_pairs(n, seed):
+            fs.write(s + "\n")
+            ft.write(t + "\n")
+    cli("fairseq-preprocess", "--only-source", "--source-lang", "src", "--srcdict",
+        f"{data}/dict.src.txt", "--trainpref", f"{root}/pool", "--destdir", f"{root}/bin", "--workers", "1")
+    if parallel_copy:
+        cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--srcdict",
+            f"{data}/dict.src.txt", "--tgtdict", f"{data}/dict.tgt.txt", "--testpref", f"{root}/pool",
+            "--destdir", f"{root}/as_test", "--workers", "1")
+    return f"{root}/bin"
+
+
+def log_lines(proc, marker):
+    return [l for l in (proc.stdout + proc.stderr).splitlines() if marker in l]

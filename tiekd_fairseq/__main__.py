@@ -21,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     task = parser.add_argument_group("--task translation_tie_kd (plus all of --task translation's)")
     for name, field in TranslationTieKDConfig.__dataclass_fields__.items():
-        if name in TranslationConfig.__dataclass_fields__:
-            continue
+        if name in TranslationConfig.__dataclass_fields__ or not field.metadata.get("help"):
+            continue  # translation's own, or read from another part of fairseq's config
         task.add_argument("--" + name.replace("_", "-"), default=field.default,
                           action="store_true" if field.type is bool else None,
                           help=field.metadata.get("help"))

@@ -1,11 +1,26 @@
-"""``translation_tie_kd``: fairseq's ``translation`` task plus a frozen teacher."""
+"""``translation_tie_kd``: fairseq's ``translation`` task plus a frozen teacher, and the
+teacher's pseudo-targets for an unlabeled source pool (refreshed every few epochs) or, for
+the sequence-level KD baseline, in place of the labeled targets."""
 
+import logging
+import os
+import weakref
 from dataclasses import dataclass, field
+from typing import Optional
 
+import numpy as np
+import torch
+from fairseq.data import ConcatDataset, LanguagePairDataset, ListDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import II
 
+from . import pseudo_targets
+from .pseudo_targets import DecodeOptions
 from .teacher import TeacherEnsemble, load_teachers
+from .unlabeled_pool import load_pool, pseudo_count, resample, shard_indices
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +37,67 @@ class TranslationTieKDConfig(TranslationConfig):
         default=False,
         metadata={"help": "keep the teacher in fp32 when the student trains with --fp16/--bf16"},
     )
+    unlabeled_data: str = field(
+        default="",
+        metadata={"help": "unlabeled source pool: the directory (or dataset prefix) written by "
+                  "fairseq-preprocess --only-source --srcdict DATA/dict.SRC.txt. The teacher "
+                  "translates a fresh shard of it every --pseudo-refresh-epochs epochs and the "
+                  "pseudo pairs join the labeled ones"},
+    )
+    unlabeled_per_epoch: Optional[int] = field(
+        default=None,
+        metadata={"help": "pool sentences the teacher translates per refresh (default: the whole "
+                  "pool); successive shards walk through the pool in a seeded random order"},
+    )
+    unlabeled_ratio: Optional[float] = field(
+        default=None,
+        metadata={"help": "share of pseudo pairs among an epoch's examples, in [0, 1]: pseudo "
+                  "pairs are resampled to that share of the labeled ones (1: pseudo pairs only, "
+                  "0: pool unused). Default: each pair once"},
+    )
+    pseudo_refresh_epochs: int = field(
+        default=1, metadata={"help": "decode a new pool shard every K epochs"}
+    )
+    seq_kd: bool = field(
+        default=False,
+        metadata={"help": "sequence-level KD (Kim & Rush 2016): replace the labeled targets by "
+                  "the teacher's translations of their sources, decoded once and cached"},
+    )
+    pseudo_beam: int = field(default=4, metadata={"help": "teacher's beam size for pseudo-targets"})
+    pseudo_lenpen: float = field(default=1.0, metadata={"help": "length penalty (fairseq-generate --lenpen)"})
+    pseudo_max_len_a: float = field(default=1.2, metadata={"help": "pseudo-targets have at most a*src_len+b tokens"})
+    pseudo_max_len_b: int = field(default=10, metadata={"help": "see --pseudo-max-len-a"})
+    pseudo_sampling: bool = field(
+        default=False, metadata={"help": "sample pseudo-targets (best of --pseudo-beam samples) for diverse targets"}
+    )
+    pseudo_sampling_topk: int = field(default=-1, metadata={"help": "sample from the k most likely tokens (-1: all)"})
+    pseudo_sampling_topp: float = field(default=-1.0, metadata={"help": "nucleus sampling mass (-1: off)"})
+    pseudo_max_tokens: int = field(default=4096, metadata={"help": "source tokens per decoding batch"})
+    # Read from the rest of fairseq's config (no command-line option of their own).
+    seed: int = II("common.seed")
+    save_dir: str = II("checkpoint.save_dir")
+    max_epoch: int = II("optimization.max_epoch")
+
+
+def _check_options(cfg: TranslationTieKDConfig):
+    def bad(option, value, rule):
+        raise ValueError(f"--{option} must be {rule} (got {value})")
+
+    if cfg.unlabeled_per_epoch is not None and cfg.unlabeled_per_epoch <= 0:
+        bad("unlabeled-per-epoch", cfg.unlabeled_per_epoch, "a positive number of sentences")
+    if cfg.unlabeled_ratio is not None and not 0 <= cfg.unlabeled_ratio <= 1:
+        bad("unlabeled-ratio", cfg.unlabeled_ratio, "in [0, 1]")
+    if cfg.pseudo_refresh_epochs < 1:
+        bad("pseudo-refresh-epochs", cfg.pseudo_refresh_epochs, ">= 1")
+    if cfg.pseudo_beam < 1:
+        bad("pseudo-beam", cfg.pseudo_beam, ">= 1")
+    if cfg.pseudo_max_tokens < 1:
+        bad("pseudo-max-tokens", cfg.pseudo_max_tokens, ">= 1")
+    if not cfg.unlabeled_data:
+        for option, value in (("unlabeled-per-epoch", cfg.unlabeled_per_epoch),
+                              ("unlabeled-ratio", cfg.unlabeled_ratio)):
+            if value is not None:
+                raise ValueError(f"--{option} needs an unlabeled pool: add --unlabeled-data POOL_DIR")
 
 
 @register_task("translation_tie_kd", dataclass=TranslationTieKDConfig)
@@ -36,7 +112,12 @@ class TranslationTieKDTask(TranslationTask):
 
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
+        _check_options(cfg)
         self._teacher = None
+        self._student = None  # weak reference: where and in which dtype the teacher decodes
+        self.pool = load_pool(cfg.unlabeled_data, src_dict, cfg.source_lang) if cfg.unlabeled_data else None
+        self._shard_pairs = (None, None)  # (shard number, pairs) of the last decoded shard
+        self._seq_kd_pairs = None
 
     @property
     def teacher(self) -> TeacherEnsemble:
@@ -47,3 +128,97 @@ class TranslationTieKDTask(TranslationTask):
     def build_criterion(self, cfg, **kwargs):
         self.teacher  # load and check it now: bad teachers fail before training starts
         return super().build_criterion(cfg, **kwargs)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        self._student = weakref.ref(model)
+        return model
+
+    def has_sharded_data(self, split):
+        # Makes fairseq-train call load_dataset every epoch, so each epoch gets its shard.
+        return bool(self.cfg.unlabeled_data) or super().has_sharded_data(split)
+
+    # -- training data -------------------------------------------------------------------
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        if split != self.cfg.train_subset or not (self.pool is not None or self.cfg.seq_kd):
+            return
+        labeled = self.datasets[split]
+        if self.cfg.seq_kd:
+            labeled = self._with_targets(labeled.src, self._seq_kd_targets(labeled), np.arange(len(labeled.src)))
+            logger.info(f"epoch {epoch:03d}: training on {len(labeled):,} pairs whose targets are the "
+                        f"teacher's translations (--seq-kd)")
+        if self.pool is None or self.cfg.unlabeled_ratio == 0 or 0 < self.cfg.max_epoch < epoch:
+            self.datasets[split] = labeled  # (fairseq loads epoch max_epoch+1 and never trains it)
+            return
+        shard = (epoch - 1) // self.cfg.pseudo_refresh_epochs
+        pairs = self._pool_pairs(shard)
+        n_labeled, n_pseudo = pseudo_count(len(labeled), len(pairs), self.cfg.unlabeled_ratio)
+        keys = np.array(sorted(pairs), dtype=np.int64)[resample(len(pairs), n_pseudo, self.cfg.seed, epoch)]
+        pseudo = self._with_targets(self.pool, pairs, keys)
+        self.datasets[split] = pseudo if n_labeled == 0 else self._concat(labeled, pseudo)
+        fingerprint = pseudo_targets.pairs_sha256(pairs, keys)
+        world = pseudo_targets.check_same_on_all_ranks(fingerprint, f"epoch {epoch} pseudo pairs")
+        logger.info(f"epoch {epoch:03d}: training on {n_labeled:,} labeled + {len(keys):,} pseudo "
+                    f"pairs (pool shard {shard}, sha256 {fingerprint[:16]}"
+                    f"{f', the same on all {world} ranks' if world > 1 else ''})")
+
+    def _decode_options(self) -> DecodeOptions:
+        c = self.cfg
+        return DecodeOptions(beam=c.pseudo_beam, lenpen=c.pseudo_lenpen, max_len_a=c.pseudo_max_len_a,
+                             max_len_b=c.pseudo_max_len_b, sampling=c.pseudo_sampling,
+                             sampling_topk=c.pseudo_sampling_topk, sampling_topp=c.pseudo_sampling_topp,
+                             max_tokens=c.pseudo_max_tokens)
+
+    def _cached_decode(self, kind: str, sources, indices, meta: dict, seed: int):
+        options = self._decode_options()
+        meta = {
+            "kind": kind, **meta, "seed": self.cfg.seed,
+            "teacher_sha256": [pseudo_targets.file_sha256(p) for p in self.cfg.teacher_path.split(os.pathsep) if p],
+            "decoding": pseudo_targets.options_meta(options),
+        }
+        path = os.path.join(self.cfg.save_dir, "pseudo_targets",
+                            f"{kind}-{pseudo_targets.cache_key(meta)}.tsv")
+        student = self._student() if self._student is not None else None
+        param = next(student.parameters()) if student is not None else torch.zeros(0)
+        teacher = self.teacher.place(param.device, param.dtype)
+        return pseudo_targets.cached_decode(
+            path, meta, lambda: pseudo_targets.decode(
+                self, teacher.models, sources, indices, options, param.device, seed, kind), kind)
+
+    def _pool_pairs(self, shard: int):
+        if self._shard_pairs[0] != shard:
+            per_shard = min(self.cfg.unlabeled_per_epoch or len(self.pool), len(self.pool))
+            indices = shard_indices(len(self.pool), per_shard, shard, self.cfg.seed)
+            meta = {"shard": shard, "per_shard": per_shard,
+                    "pool_sha256": pseudo_targets.dataset_sha256(self.pool)}
+            pairs = self._cached_decode(f"pool-shard{shard:04d}", self.pool, indices.tolist(), meta,
+                                        self.cfg.seed + shard)
+            self._shard_pairs = (shard, pairs)
+        return self._shard_pairs[1]
+
+    def _seq_kd_targets(self, labeled):
+        if self._seq_kd_pairs is None:
+            src = labeled.src
+            meta = {"split": self.cfg.train_subset, "sources_sha256": pseudo_targets.dataset_sha256(src)}
+            self._seq_kd_pairs = self._cached_decode("seq-kd", src, range(len(src)), meta, self.cfg.seed)
+        return self._seq_kd_pairs
+
+    def _with_targets(self, sources, targets, keys) -> LanguagePairDataset:
+        """Pairs (sources[i], targets[i]) for i in keys that have a target."""
+        keys = [int(i) for i in keys if int(i) in targets]
+        src = ListDataset([sources[i] for i in keys], np.array([sources.sizes[i] for i in keys], dtype=np.int64))
+        tgt = ListDataset([targets[i] for i in keys], np.array([len(targets[i]) for i in keys], dtype=np.int64))
+        return self._pair_dataset(src, tgt)
+
+    def _concat(self, a: LanguagePairDataset, b: LanguagePairDataset) -> LanguagePairDataset:
+        return self._pair_dataset(ConcatDataset([a.src, b.src]), ConcatDataset([a.tgt, b.tgt]))
+
+    def _pair_dataset(self, src, tgt) -> LanguagePairDataset:
+        return LanguagePairDataset(
+            src, src.sizes, self.src_dict, tgt, tgt.sizes, self.tgt_dict,
+            left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target,
+            num_buckets=self.cfg.num_batch_buckets, shuffle=True,
+            pad_to_multiple=self.cfg.required_seq_len_multiple,
+        )
+

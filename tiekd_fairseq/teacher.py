@@ -50,13 +50,13 @@ def _read_checkpoint(path: str):
     return state, cfg
 
 
-def first_dictionary_difference(a: Dictionary, b: Dictionary) -> Optional[str]:
+def first_dictionary_difference(a: Dictionary, b: Dictionary, a_name: str = "teacher") -> Optional[str]:
     """None if the symbol lists are equal, else a description of the first difference."""
     for i, (x, y) in enumerate(zip(a.symbols, b.symbols)):
         if x != y:
-            return f"index {i}: teacher has {x!r}, data has {y!r}"
+            return f"index {i}: {a_name} has {x!r}, data has {y!r}"
     if len(a) != len(b):
-        return f"teacher has {len(a)} symbols, data has {len(b)}"
+        return f"{a_name} has {len(a)} symbols, data has {len(b)}"
     return None
 
 

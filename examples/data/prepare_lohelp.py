@@ -10,11 +10,14 @@ attributes that are shared across languages, so paragraphs are paired by
 Licence: the LibreOffice help is distributed under the Mozilla Public Licence
 2.0 (MPL-2.0). Keep that notice with any corpus you redistribute.
 
-usage: python examples/data/prepare_lohelp.py OUT_DIR [--tgt de] [--max-train N] [--force]
+usage: python examples/data/prepare_lohelp.py OUT_DIR [--tgt de] [--pool-percent 20]
+                                               [--max-train N] [--force]
 
-Writes OUT_DIR/{train,valid,test}.{en,<tgt>}, one segment per line. Splits are
-document-disjoint: crc32(help file path) % 100 -> 0..1 test, 2..3 valid, else
-train. Stdlib only; needs apt-get and dpkg-deb (Debian/Ubuntu).
+Writes OUT_DIR/{train,valid,test}.{en,<tgt>}, one segment per line, and OUT_DIR/pool.en:
+the English side only of other documents, an unlabeled source pool for distillation
+(their translations are dropped). Splits are document-disjoint: crc32(help file path)
+% 100 -> 0..1 test, 2..3 valid, 4..4+P-1 pool, else train. Stdlib only; needs apt-get
+and dpkg-deb (Debian/Ubuntu).
 """
 import argparse
 import glob
@@ -158,32 +161,37 @@ def norm(text):
     return re.sub(r"\W+", " ", text.lower()).strip()
 
 
-def split_of(rel_path):
+def split_of(rel_path, pool_percent):
     h = zlib.crc32(rel_path.encode("utf-8")) % 100
-    return "test" if h < 2 else "valid" if h < 4 else "train"
+    return "test" if h < 2 else "valid" if h < 4 else "pool" if h < 4 + pool_percent else "train"
 
 
 def outputs(out_dir, tgt):
-    return {sp: (os.path.join(out_dir, f"{sp}.{SRC}"), os.path.join(out_dir, f"{sp}.{tgt}"))
-            for sp in SPLITS}
+    """{split: [(file, side)]}: side 0 is the source, 1 the target."""
+    files = {sp: [(os.path.join(out_dir, f"{sp}.{SRC}"), 0), (os.path.join(out_dir, f"{sp}.{tgt}"), 1)]
+             for sp in SPLITS}
+    files["pool"] = [(os.path.join(out_dir, f"pool.{SRC}"), 0)]
+    return files
 
 
 def print_counts(files):
-    for sp, (src_file, _) in files.items():
-        with open(src_file, encoding="utf-8") as f:
-            print(f"{sp:5s} {sum(1 for _ in f):7d} pairs")
+    for sp, paths in files.items():
+        with open(paths[0][0], encoding="utf-8") as f:
+            print(f"{sp:5s} {sum(1 for _ in f):7d} {'pairs' if len(paths) == 2 else 'source sentences'}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--tgt", default="de", help="target language code (default: de)")
+    ap.add_argument("--pool-percent", type=int, default=20,
+                    help="percent of documents kept as an unlabeled English pool (default: 20)")
     ap.add_argument("--max-train", type=int, default=None, help="keep only the first N train pairs")
     ap.add_argument("--force", action="store_true", help="rebuild even if outputs exist")
     args = ap.parse_args()
 
     files = outputs(args.out_dir, args.tgt)
-    if not args.force and all(os.path.exists(p) for pair in files.values() for p in pair):
+    if not args.force and all(os.path.exists(p) for paths in files.values() for p, _ in paths):
         print(f"{args.out_dir}: outputs already present (use --force to rebuild)")
         print_counts(files)
         return
@@ -195,7 +203,7 @@ def main():
     src_root = help_root(extract(pkgs[0], deb_dir, x_dir), "en-US")
     tgt_root = help_root(extract(pkgs[1], deb_dir, x_dir), args.tgt)
 
-    data = {sp: [] for sp in SPLITS}
+    data = {sp: [] for sp in files}
     seen_src, seen_tgt = set(), set()
     raw = 0
     for rel, src, tgt in aligned_pairs(src_root, tgt_root):
@@ -207,12 +215,12 @@ def main():
             continue
         seen_src.add(ks)
         seen_tgt.add(kt)
-        data[split_of(rel)].append((src, tgt))
+        data[split_of(rel, args.pool_percent)].append((src, tgt))
     if args.max_train is not None:
         data["train"] = data["train"][: args.max_train]
 
-    for sp, (src_file, tgt_file) in files.items():
-        for path, side in ((src_file, 0), (tgt_file, 1)):
+    for sp, paths in files.items():
+        for path, side in paths:
             with open(path + ".tmp", "w", encoding="utf-8") as f:
                 f.writelines(pair[side] + "\n" for pair in data[sp])
             os.replace(path + ".tmp", path)

@@ -2,8 +2,9 @@
 """Train one joint SentencePiece model on the training text and encode every split.
 
 usage: sentencepiece_prep.py RAW_DIR OUT_DIR --src en --tgt de [--vocab-size 8000]
-RAW_DIR holds {train,valid,test}.{src,tgt} plain text; OUT_DIR gets spm.model and the
-encoded {split}.{lang} files, ready for fairseq-preprocess. Skips work already done.
+RAW_DIR holds {train,valid,test}.{src,tgt} plain text (and optionally pool.{src}, unlabeled
+source text); OUT_DIR gets spm.model and the encoded {split}.{lang} files, ready for
+fairseq-preprocess. Skips work already done.
 """
 import argparse
 import os
@@ -30,17 +31,17 @@ def main():
             num_threads=os.cpu_count() or 1, minloglevel=2, seed_sentencepiece_size=200_000,
         )
     sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
-    for split in ("train", "valid", "test"):
-        for lang in (args.src, args.tgt):
-            src, dst = os.path.join(args.raw_dir, f"{split}.{lang}"), os.path.join(args.out_dir, f"{split}.{lang}")
-            if os.path.exists(dst):
-                continue
-            with open(src, encoding="utf-8") as f:
-                lines = [l.rstrip("\n") for l in f]
-            with open(dst + ".tmp", "w", encoding="utf-8") as f:
-                for pieces in sp.encode(lines, out_type=str):
-                    f.write(" ".join(pieces) + "\n")
-            os.replace(dst + ".tmp", dst)
+    files = [(split, lang) for split in ("train", "valid", "test") for lang in (args.src, args.tgt)]
+    for split, lang in files + [("pool", args.src)]:
+        src, dst = os.path.join(args.raw_dir, f"{split}.{lang}"), os.path.join(args.out_dir, f"{split}.{lang}")
+        if os.path.exists(dst) or (split == "pool" and not os.path.exists(src)):
+            continue
+        with open(src, encoding="utf-8") as f:
+            lines = [l.rstrip("\n") for l in f]
+        with open(dst + ".tmp", "w", encoding="utf-8") as f:
+            for pieces in sp.encode(lines, out_type=str):
+                f.write(" ".join(pieces) + "\n")
+        os.replace(dst + ".tmp", dst)
     print(f"sentencepiece: {prefix}.model ({sp.get_piece_size()} pieces), encoded splits in {args.out_dir}")
 
 

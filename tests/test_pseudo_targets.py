@@ -1,0 +1,152 @@
+"""Unlabeled source pool and sequence-level KD: teacher pseudo-targets through the real CLIs."""
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from fairseq.data import Dictionary
+
+import utils
+from tiekd_fairseq.pseudo_targets import pairs_sha256, read_pairs, write_pairs
+from tiekd_fairseq.unlabeled_pool import pseudo_count, resample, shard_indices
+
+
+# -- bookkeeping (no CLI) -------------------------------------------------------------------
+def test_shards_walk_the_whole_pool_before_repeating():
+    pool, per = 10, 4
+    walk = np.concatenate([shard_indices(pool, per, s, seed=3) for s in range(5)])
+    assert sorted(walk[:10]) == list(range(10))  # first pass: every sentence once
+    assert sorted(walk[10:20]) == list(range(10))  # second pass: a new order of all of them
+    assert not np.array_equal(walk[:10], walk[10:20])
+    assert np.array_equal(shard_indices(pool, per, 2, seed=3), walk[8:12])  # seeded, resumable
+    assert not np.array_equal(shard_indices(pool, per, 0, seed=4), walk[:4])
+
+
+def test_pseudo_share():
+    assert pseudo_count(100, 40, None) == (100, 40)
+    assert pseudo_count(100, 40, 0.2) == (100, 25)  # 25 / 125 = 0.2
+    assert pseudo_count(100, 40, 0.5) == (100, 100)  # more than decoded: resampled
+    assert pseudo_count(100, 40, 1.0) == (0, 40)
+    assert pseudo_count(100, 40, 0.0) == (100, 0)
+    picks = resample(40, 100, seed=1, epoch=2)
+    assert len(picks) == 100 and np.bincount(picks, minlength=40).min() == 2
+    assert np.array_equal(picks, resample(40, 100, seed=1, epoch=2))
+    assert not np.array_equal(picks, resample(40, 100, seed=1, epoch=3))
+
+
+def test_cache_file_round_trip(tmp_path):
+    pairs = {7: torch.tensor([5, 9, 2]), 0: torch.tensor([2]), 3: torch.tensor([11, 2])}
+    write_pairs(str(tmp_path / "a.tsv"), pairs, {"kind": "test"})
+    back = read_pairs(str(tmp_path / "a.tsv"))
+    assert back.keys() == pairs.keys() and all(torch.equal(back[k], pairs[k]) for k in pairs)
+    assert (tmp_path / "a.tsv").read_text() == "0\t2\n3\t11 2\n7\t5 9 2\n"
+    assert '"kind": "test"' in (tmp_path / "a.json").read_text()
+    assert pairs_sha256(pairs, [0, 3]) != pairs_sha256(pairs, [3, 0])
+
+
+# -- through fairseq-train ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pool(toy_data, tmp_path_factory):
+    return utils.make_pool(tmp_path_factory.mktemp("pool"), toy_data, n=300)
+
+
+def pool_student(data, save, teacher, pool_dir, *extra, check=True):
+    return utils.train(data, save, *utils.TINY_ARCH, "--task", "translation_tie_kd",
+                       "--teacher-path", teacher, "--criterion", "tie_kd", "--kd-iters", "2",
+                       "--unlabeled-data", pool_dir, "--unlabeled-per-epoch", "100", *extra,
+                       check=check)
+
+
+def cache_files(save):
+    return {p.name: p.read_bytes() for p in sorted((save / "pseudo_targets").glob("*"))}
+
+
+def shard_pairs(save, shard):
+    (path,) = (save / "pseudo_targets").glob(f"pool-shard{shard:04d}-*.tsv")
+    return read_pairs(str(path))
+
+
+def test_each_epoch_trains_on_a_new_shard(toy_data, teacher_checkpoint, pool, tmp_path):
+    proc = pool_student(toy_data, tmp_path, teacher_checkpoint, pool, "--max-epoch", "2")
+    files = cache_files(tmp_path)
+    assert len(files) == 4, files.keys()  # shard 0 and 1: .tsv + .json each, no shard 2
+    first, second = shard_pairs(tmp_path, 0), shard_pairs(tmp_path, 1)
+    assert len(first) == len(second) == 100 and not first.keys() & second.keys()
+    epochs = utils.log_lines(proc, "pseudo pairs (pool shard")
+    assert [re.search(r"epoch (\d+): training on 1,500 labeled \+ 100 pseudo", l).group(1)
+            for l in epochs] == ["001", "002"]
+    assert len(utils.log_lines(proc, "sentences/s")) >= 2  # progress while the teacher decodes
+    assert "pool_sha256" in files[next(n for n in files if n.endswith(".json"))].decode()
+
+
+@pytest.mark.parametrize("beam,lenpen", [(1, 1.0), (4, 0.6)])
+def test_pseudo_targets_equal_fairseq_generate(toy_data, teacher_checkpoint, tmp_path, beam, lenpen):
+    pool_dir = utils.make_pool(tmp_path / "pool", toy_data, n=60, seed=5, parallel_copy=True)
+    decoding = ("--pseudo-beam", beam, "--pseudo-lenpen", lenpen,
+                "--pseudo-max-len-a", "1.2", "--pseudo-max-len-b", "10")
+    pool_student(toy_data, tmp_path / "save", teacher_checkpoint, pool_dir, "--max-update", "1",
+                 "--unlabeled-per-epoch", "60", *decoding)
+    ours = shard_pairs(tmp_path / "save", 0)
+    out = utils.cli("fairseq-generate", tmp_path / "pool" / "as_test", "--user-dir", utils.PLUGIN,
+                    "--path", teacher_checkpoint, "--gen-subset", "test", "--cpu", "--beam", beam,
+                    "--lenpen", lenpen, "--max-len-a", "1.2", "--max-len-b", "10",
+                    "--batch-size", "16", "--required-batch-size-multiple", "1")
+    theirs = {int(m.group(1)): m.group(2) for m in re.finditer(r"^H-(\d+)\t\S+\t(.*)$", out.stdout, re.M)}
+    tgt_dict = Dictionary.load(str(toy_data / "dict.tgt.txt"))
+    assert len(theirs) == len(ours) == 60
+    assert {i: tgt_dict.string(t) for i, t in ours.items()} == theirs
+    assert all(t[-1].item() == tgt_dict.eos() for t in ours.values())
+
+
+def test_restart_reuses_cache_and_matches_uninterrupted_run(toy_data, teacher_checkpoint, pool, tmp_path):
+    """A run killed mid-epoch 2 (a real SIGKILL) and restarted from checkpoint_last.pt decodes
+    nothing, trains on byte-identical pairs and ends with the uninterrupted run's weights."""
+    args = ("--max-epoch", "3", "--save-interval-updates", "12")
+    full = pool_student(toy_data, tmp_path / "full", teacher_checkpoint, pool, *args)
+
+    killed_dir = tmp_path / "killed"
+    cmd = utils.train_command(toy_data, killed_dir, *utils.TINY_ARCH, "--task", "translation_tie_kd",
+                              "--teacher-path", teacher_checkpoint, "--criterion", "tie_kd",
+                              "--kd-iters", "2", "--unlabeled-data", pool, "--unlabeled-per-epoch",
+                              "100", *args)
+    # SIGKILL as soon as fairseq reports the mid-epoch-2 checkpoint (and checkpoint_last) saved
+    seen = utils.run_until(cmd, "checkpoint_2_12.pt (epoch 2 @ 12 updates")
+    assert "Saved checkpoint" in seen.splitlines()[-1] and "| train | epoch 002" not in seen
+    before = cache_files(killed_dir)
+    assert len(before) == 4  # shards 0 and 1; the kill came before epoch 3
+    resumed = utils.cli("fairseq-train", *cmd[1:])
+    log = resumed.stdout + resumed.stderr
+    assert re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch 2 @ 12 updates\)", log)
+    assert "teacher decoded" not in log.split("pool-shard0002")[0]  # shard 1 came from the cache
+    assert re.search(r"pool-shard0001: reusing 100 cached", log)
+    after = cache_files(killed_dir)
+    assert {k: v for k, v in after.items() if "shard0002" not in k} == before  # byte-identical
+    tsv = lambda files: {k: v for k, v in files.items() if k.endswith(".tsv")}
+    assert tsv(after) == tsv(cache_files(tmp_path / "full"))
+    # Same pairs, same data order, same seeds: the same training.
+    a = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)["model"]
+    b = torch.load(killed_dir / "checkpoint_last.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    valid = lambda proc: utils.log_lines(proc, "| valid |")[-1].split("| loss ")[1].split()[0]
+    assert valid(full) == valid(resumed)
+
+
+def test_seq_kd_trains_on_the_teachers_translations(toy_data, teacher_checkpoint, tmp_path):
+    decoding = ("--beam", "2", "--max-len-a", "1.2", "--max-len-b", "10")
+    proc = utils.train(toy_data, tmp_path, *utils.TINY_ARCH, "--task", "translation_tie_kd",
+                       "--teacher-path", teacher_checkpoint, "--seq-kd",
+                       *[a.replace("--", "--pseudo-") if a.startswith("--") else a for a in decoding],
+                       "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+                       "--max-epoch", "2")
+    (cache,) = (tmp_path / "pseudo_targets").glob("seq-kd-*.tsv")
+    pairs = read_pairs(str(cache))
+    assert len(utils.log_lines(proc, "seq-kd: teacher decoded 1500 sentences in")) == 1  # once
+    assert len(utils.log_lines(proc, "training on 1,500 pairs whose targets are the teacher's")) == 2
+    out = utils.cli("fairseq-generate", toy_data, "--user-dir", utils.PLUGIN, "--path", teacher_checkpoint,
+                    "--gen-subset", "train", "--cpu", *decoding, "--batch-size", "128",
+                    "--required-batch-size-multiple", "1")
+    theirs = {int(m.group(1)): m.group(2) for m in re.finditer(r"^H-(\d+)\t\S+\t(.*)$", out.stdout, re.M)}
+    tgt_dict = Dictionary.load(str(toy_data / "dict.tgt.txt"))
+    assert len(theirs) == len(pairs) == 1500
+    assert {i: tgt_dict.string(t) for i, t in pairs.items()} == theirs

@@ -128,3 +128,71 @@ def test_teacher_for_another_language_pair(toy_data, teacher_checkpoint, tmp_pat
 )
 def test_bad_criterion_options(toy_data, teacher_checkpoint, tmp_path, option, message):
     expect_error(toy_data, tmp_path, kd(teacher_checkpoint, *option), message)
+
+
+# -- the unlabeled pool ---------------------------------------------------------------------
+def pool_args(teacher, pool, *extra):
+    return kd(teacher, "--unlabeled-data", pool, *extra)
+
+
+@pytest.fixture(scope="module")
+def toy_pool(toy_data, tmp_path_factory):
+    return utils.make_pool(tmp_path_factory.mktemp("pool"), toy_data, n=50)
+
+
+def test_missing_pool(toy_data, teacher_checkpoint, tmp_path):
+    expect_error(toy_data, tmp_path, pool_args(teacher_checkpoint, tmp_path / "nope"),
+                 r"--unlabeled-data \S+nope: no binarized dataset \S+nope.bin/.idx; "
+                 r"make it with: fairseq-preprocess --only-source")
+
+
+def test_empty_pool(toy_data, teacher_checkpoint, tmp_path):
+    (tmp_path / "empty.src").write_text("")
+    utils.cli("fairseq-preprocess", "--only-source", "--source-lang", "src", "--srcdict",
+              toy_data / "dict.src.txt", "--trainpref", tmp_path / "empty", "--destdir",
+              tmp_path / "pool", "--workers", "1")
+    expect_error(toy_data, tmp_path, pool_args(teacher_checkpoint, tmp_path / "pool"),
+                 r"the pool is empty \(0 sentences\)")
+
+
+def test_pool_with_its_own_dictionary(toy_data, teacher_checkpoint, tmp_path):
+    utils.write_toy_corpus(tmp_path / "raw", sizes=(("train", 200),))
+    with open(tmp_path / "raw" / "train.src", "a") as f:
+        f.write("s0 " * 500 + "\n")  # makes s0 the most frequent word: a different order
+    utils.cli("fairseq-preprocess", "--only-source", "--source-lang", "src", "--trainpref",
+              tmp_path / "raw" / "train", "--destdir", tmp_path / "pool", "--workers", "1")
+    expect_error(toy_data, tmp_path, pool_args(teacher_checkpoint, tmp_path / "pool"),
+                 r"its dictionary \S+pool/dict.src.txt differs from the data's dict.src.txt at "
+                 r"index 4: pool has 's0', data has '\S+'")
+    # Without its dictionary file beside it, token ids are still checked.
+    with open(tmp_path / "pool" / "dict.src.txt", "a") as f:
+        f.write("".join(f"extra{i} 1\n" for i in range(40)))
+    for word in ("extra39 ",) * 30:
+        with open(tmp_path / "raw" / "more.src", "a") as f:
+            f.write(word * 3 + "\n")
+    utils.cli("fairseq-preprocess", "--only-source", "--source-lang", "src", "--srcdict",
+              tmp_path / "pool" / "dict.src.txt", "--trainpref", tmp_path / "raw" / "more",
+              "--destdir", tmp_path / "big", "--workers", "1")
+    os.remove(tmp_path / "big" / "dict.src.txt")
+    expect_error(toy_data, tmp_path, pool_args(teacher_checkpoint, tmp_path / "big"),
+                 r"token id \d+ is outside the data's source dictionary \(\d+ symbols\)")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (("--unlabeled-per-epoch", "0"), "--unlabeled-per-epoch must be a positive number of sentences, got 0"),
+        (("--unlabeled-per-epoch", "-5"), "--unlabeled-per-epoch must be a positive number of sentences, got -5"),
+        (("--unlabeled-ratio", "1.2"), r"--unlabeled-ratio must be in \[0, 1\], got 1.2"),
+        (("--unlabeled-ratio", "-0.5"), r"--unlabeled-ratio must be in \[0, 1\], got -0.5"),
+        (("--pseudo-refresh-epochs", "0"), "--pseudo-refresh-epochs must be >= 1, got 0"),
+        (("--pseudo-beam", "0"), "--pseudo-beam must be >= 1, got 0"),
+    ],
+)
+def test_bad_pool_options(toy_data, teacher_checkpoint, toy_pool, tmp_path, option, message):
+    expect_error(toy_data, tmp_path, pool_args(teacher_checkpoint, toy_pool, *option), message)
+
+
+def test_pool_options_without_pool(toy_data, teacher_checkpoint, tmp_path):
+    expect_error(toy_data, tmp_path, kd(teacher_checkpoint, "--unlabeled-ratio", "0.3"),
+                 "--unlabeled-ratio needs an unlabeled pool: add --unlabeled-data POOL_DIR")

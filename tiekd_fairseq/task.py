@@ -81,7 +81,7 @@ class TranslationTieKDConfig(TranslationConfig):
 
 def _check_options(cfg: TranslationTieKDConfig):
     def bad(option, value, rule):
-        raise ValueError(f"--{option} must be {rule} (got {value})")
+        raise ValueError(f"--{option} must be {rule}, got {value}")
 
     if cfg.unlabeled_per_epoch is not None and cfg.unlabeled_per_epoch <= 0:
         bad("unlabeled-per-epoch", cfg.unlabeled_per_epoch, "a positive number of sentences")

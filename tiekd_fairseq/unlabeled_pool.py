@@ -44,7 +44,8 @@ def load_pool(path: str, src_dict: Dictionary, lang: str):
                             f"data's dict.{lang}.txt at {diff}; {fix}")
     else:
         logger.warning(f"--unlabeled-data {path}: no {dict_file} beside it; checking token ids only")
-    dataset = data_utils.load_indexed_dataset(prefix, src_dict)
+    empty = os.path.getsize(prefix + ".bin") == 0  # (numpy cannot mmap an empty file)
+    dataset = None if empty else data_utils.load_indexed_dataset(prefix, src_dict)
     if dataset is None or len(dataset) == 0:
         raise PoolError(f"--unlabeled-data {path}: the pool is empty (0 sentences)")
     if isinstance(dataset, MMapIndexedDataset):

@@ -27,3 +27,12 @@ def test_train_step_benchmark_smoke(toy_data, tmp_path):
     r = json.loads(out.read_text())
     assert set(r) == {"ce", "tie_kd_N1", "tie_kd_N3"}
     assert all(v["median_s"] > 0 for v in r.values())
+
+
+def test_decode_benchmark_smoke(toy_data, teacher_checkpoint, tmp_path):
+    out = tmp_path / "decode.json"
+    subprocess.run([sys.executable, os.path.join(BENCH, "bench_decode.py"), teacher_checkpoint, toy_data,
+                    "--json", out], check=True, capture_output=True, text=True)
+    r = json.loads(out.read_text())
+    assert r["sentences"] == 40 and r["identical_translations"] == 40
+    assert r["ours_sent_per_s"] > 0 and r["fairseq_generate_sent_per_s"] > 0

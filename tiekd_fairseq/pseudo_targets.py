@@ -7,6 +7,7 @@ A cache file is plain text, one ``index<TAB>target token ids`` line per pair, wr
 atomically next to a JSON file that says what it was decoded from.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -144,6 +145,19 @@ def _all_ranks_have(path: str) -> bool:
     return all(flags)
 
 
+@contextlib.contextmanager
+def _beamable_attention(models, beam: int):
+    """fairseq-generate's encoder-attention shortcut (keys computed once per sentence, not per
+    beam), switched off again afterwards: it would be wrong in the teacher's KD forward."""
+    for m in models:
+        m.decoder.set_beam_size(beam)
+    try:
+        yield
+    finally:
+        for m in models:
+            m.decoder.set_beam_size(1)
+
+
 def decode(task, models, sources, indices: Sequence[int], options: DecodeOptions,
            device: torch.device, seed: int, name: str) -> Tuple[Pairs, int]:
     """Translate ``sources[i]`` for ``i`` in ``indices`` with the teacher ``models``.
@@ -164,7 +178,7 @@ def decode(task, models, sources, indices: Sequence[int], options: DecodeOptions
 
     local: Dict[int, List[int]] = {}
     start, done, next_report = time.time(), 0, max(1, len(fits) // 10)
-    with utils.set_torch_seed(seed * 1009 + rank), torch.no_grad():
+    with utils.set_torch_seed(seed * 1009 + rank), torch.no_grad(), _beamable_attention(models, options.beam):
         for batch in batches:
             sample = dataset.collater([dataset[i] for i in batch])
             if device.type == "cuda":

@@ -1,6 +1,6 @@
 """Unlabeled source pool and sequence-level KD: teacher pseudo-targets through the real CLIs."""
+import os
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -150,3 +150,15 @@ def test_seq_kd_trains_on_the_teachers_translations(toy_data, teacher_checkpoint
     tgt_dict = Dictionary.load(str(toy_data / "dict.tgt.txt"))
     assert len(theirs) == len(pairs) == 1500
     assert {i: tgt_dict.string(t) for i, t in pairs.items()} == theirs
+
+
+def test_too_long_sources_are_skipped_and_counted(toy_data, teacher_checkpoint, pool, tmp_path):
+    proc = pool_student(toy_data, tmp_path, teacher_checkpoint, pool, "--max-update", "1",
+                        "--max-source-positions", "8", "--skip-invalid-size-inputs-valid-test")
+    lengths = [len(l.split()) + 1 for l in open(os.path.join(os.path.dirname(pool), "pool.src"))]  # + eos
+    walk = shard_indices(len(lengths), 100, 0, seed=1)
+    too_long = sum(lengths[i] > 8 for i in walk)
+    assert too_long > 0
+    line = utils.log_lines(proc, "pool-shard0000: teacher decoded")[-1]
+    assert f"decoded {100 - too_long} sentences in" in line and f"{too_long} skipped as longer" in line
+    assert len(shard_pairs(tmp_path, 0)) == 100 - too_long

@@ -143,13 +143,15 @@ class TranslationTieKDTask(TranslationTask):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
         if split != self.cfg.train_subset or not (self.pool is not None or self.cfg.seq_kd):
             return
+        if 0 < self.cfg.max_epoch < epoch:
+            return  # fairseq loads epoch max_epoch+1 before it stops, and never trains on it
         labeled = self.datasets[split]
         if self.cfg.seq_kd:
             labeled = self._with_targets(labeled.src, self._seq_kd_targets(labeled), np.arange(len(labeled.src)))
             logger.info(f"epoch {epoch:03d}: training on {len(labeled):,} pairs whose targets are the "
                         f"teacher's translations (--seq-kd)")
-        if self.pool is None or self.cfg.unlabeled_ratio == 0 or 0 < self.cfg.max_epoch < epoch:
-            self.datasets[split] = labeled  # (fairseq loads epoch max_epoch+1 and never trains it)
+        if self.pool is None or self.cfg.unlabeled_ratio == 0:
+            self.datasets[split] = labeled
             return
         shard = (epoch - 1) // self.cfg.pseudo_refresh_epochs
         pairs = self._pool_pairs(shard)

@@ -58,6 +58,13 @@ def pool_student(data, save, teacher, pool_dir, *extra, check=True):
                        check=check)
 
 
+def generated(data, checkpoint, subset, *options):
+    """{sentence id: hypothesis} printed by fairseq-generate."""
+    out = utils.cli("fairseq-generate", data, "--user-dir", utils.PLUGIN, "--path", checkpoint,
+                    "--gen-subset", subset, "--cpu", "--required-batch-size-multiple", "1", *options)
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^H-(\d+)\t\S+\t(.*)$", out.stdout, re.M)}
+
+
 def cache_files(save):
     return {p.name: p.read_bytes() for p in sorted((save / "pseudo_targets").glob("*"))}
 
@@ -88,11 +95,8 @@ def test_pseudo_targets_equal_fairseq_generate(toy_data, teacher_checkpoint, tmp
     pool_student(toy_data, tmp_path / "save", teacher_checkpoint, pool_dir, "--max-update", "1",
                  "--unlabeled-per-epoch", "60", *decoding)
     ours = shard_pairs(tmp_path / "save", 0)
-    out = utils.cli("fairseq-generate", tmp_path / "pool" / "as_test", "--user-dir", utils.PLUGIN,
-                    "--path", teacher_checkpoint, "--gen-subset", "test", "--cpu", "--beam", beam,
-                    "--lenpen", lenpen, "--max-len-a", "1.2", "--max-len-b", "10",
-                    "--batch-size", "16", "--required-batch-size-multiple", "1")
-    theirs = {int(m.group(1)): m.group(2) for m in re.finditer(r"^H-(\d+)\t\S+\t(.*)$", out.stdout, re.M)}
+    theirs = generated(tmp_path / "pool" / "as_test", teacher_checkpoint, "test", "--beam", beam,
+                       "--lenpen", lenpen, "--max-len-a", "1.2", "--max-len-b", "10", "--batch-size", "16")
     tgt_dict = Dictionary.load(str(toy_data / "dict.tgt.txt"))
     assert len(theirs) == len(ours) == 60
     assert {i: tgt_dict.string(t) for i, t in ours.items()} == theirs
@@ -145,10 +149,7 @@ def test_seq_kd_trains_on_the_teachers_translations(toy_data, teacher_checkpoint
     # without a pool fairseq builds the training set once and keeps it for every epoch
     assert len(utils.log_lines(proc, "training on 1,500 pairs whose targets are the teacher's")) == 1
     assert len(utils.log_lines(proc, "| train | epoch")) == 2
-    out = utils.cli("fairseq-generate", toy_data, "--user-dir", utils.PLUGIN, "--path", teacher_checkpoint,
-                    "--gen-subset", "train", "--cpu", *decoding, "--batch-size", "128",
-                    "--required-batch-size-multiple", "1")
-    theirs = {int(m.group(1)): m.group(2) for m in re.finditer(r"^H-(\d+)\t\S+\t(.*)$", out.stdout, re.M)}
+    theirs = generated(toy_data, teacher_checkpoint, "train", *decoding, "--batch-size", "128")
     tgt_dict = Dictionary.load(str(toy_data / "dict.tgt.txt"))
     assert len(theirs) == len(pairs) == 1500
     assert {i: tgt_dict.string(t) for i, t in pairs.items()} == theirs
@@ -164,3 +165,17 @@ def test_too_long_sources_are_skipped_and_counted(toy_data, teacher_checkpoint, 
     line = utils.log_lines(proc, "pool-shard0000: teacher decoded")[-1]
     assert f"decoded {100 - too_long} sentences in" in line and f"{too_long} skipped as longer" in line
     assert len(shard_pairs(tmp_path, 0)) == 100 - too_long
+
+
+def test_sampled_pseudo_targets_are_seeded(toy_data, teacher_checkpoint, pool, tmp_path):
+    sampling = ("--max-update", "1", "--pseudo-sampling", "--pseudo-sampling-topk", "5", "--pseudo-beam", "1")
+    for name in ("a", "b"):
+        pool_student(toy_data, tmp_path / name, teacher_checkpoint, pool, *sampling)
+    pool_student(toy_data, tmp_path / "c", teacher_checkpoint, pool, *sampling, "--seed", "2")
+    pool_student(toy_data, tmp_path / "greedy", teacher_checkpoint, pool, "--max-update", "1", "--pseudo-beam", "1")
+    a, b = shard_pairs(tmp_path / "a", 0), shard_pairs(tmp_path / "b", 0)
+    assert a.keys() == b.keys() and all(torch.equal(a[i], b[i]) for i in a)  # same seed, same samples
+    greedy = shard_pairs(tmp_path / "greedy", 0)
+    assert sum(not torch.equal(a[i], greedy[i]) for i in a) > 10  # sampled, not the argmax path
+    c = shard_pairs(tmp_path / "c", 0)  # another seed walks to another shard and draws anew
+    assert c.keys() != a.keys()

@@ -29,7 +29,7 @@ def run_ranks(cmd, world):
                    "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
                    "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**utils.os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+            env=utils.CHILD_ENV)
         for rank in range(world)
     ]
     outs = [p.communicate(timeout=600)[0] for p in procs]

@@ -187,6 +187,7 @@ def test_pool_with_its_own_dictionary(toy_data, teacher_checkpoint, tmp_path):
         (("--unlabeled-ratio", "-0.5"), r"--unlabeled-ratio must be in \[0, 1\], got -0.5"),
         (("--pseudo-refresh-epochs", "0"), "--pseudo-refresh-epochs must be >= 1, got 0"),
         (("--pseudo-beam", "0"), "--pseudo-beam must be >= 1, got 0"),
+        (("--pseudo-max-tokens", "0"), "--pseudo-max-tokens must be >= 1, got 0"),
     ],
 )
 def test_bad_pool_options(toy_data, teacher_checkpoint, toy_pool, tmp_path, option, message):

@@ -31,12 +31,16 @@ def write_toy_corpus(raw_dir, sizes=(("train", 1500), ("valid", 60), ("test", 40
                 ft.write(t + "\n")
 
 
+# Child processes: unbuffered logs, one thread each (the machine has 2 cores).
+CHILD_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
 def cli(name, *args, check=True, timeout=600):
     """Run a real console script (fairseq-train, ...) of this Python environment."""
     proc = subprocess.run(
         [os.path.join(BIN, name), *map(str, args)],
         capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+        env=CHILD_ENV,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -72,7 +76,7 @@ def run_until(cmd, marker, timeout=600):
     """Start ``cmd``, SIGKILL it as soon as a line of its output contains ``marker``; the
     output seen so far. Fails if the command ends (or times out) before the marker."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+                            env=CHILD_ENV)
     seen = []
     timer = threading.Timer(timeout, proc.kill)
     timer.start()

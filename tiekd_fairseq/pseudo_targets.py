@@ -65,21 +65,15 @@ def file_sha256(path: str) -> str:
     return _file_hashes[key]
 
 
-_dataset_hashes: Dict[int, Tuple[object, str]] = {}
-
-
 def dataset_sha256(dataset) -> str:
     """Hash of a token dataset's content: sentence lengths and every token id."""
-    if id(dataset) in _dataset_hashes and _dataset_hashes[id(dataset)][0] is dataset:
-        return _dataset_hashes[id(dataset)][1]
     digest = hashlib.sha256(np.asarray(dataset.sizes, dtype=np.int64).tobytes())
     if isinstance(dataset, MMapIndexedDataset):
         digest.update(dataset._bin_buffer)  # the same ids, hashed without a Python loop
     else:
         for i in range(len(dataset)):
             digest.update(dataset[i].numpy().astype(np.int64).tobytes())
-    _dataset_hashes[id(dataset)] = (dataset, digest.hexdigest())
-    return _dataset_hashes[id(dataset)][1]
+    return digest.hexdigest()
 
 
 def cache_key(meta: dict) -> str:
@@ -137,7 +131,7 @@ def check_same_on_all_ranks(fingerprint: str, what: str) -> int:
 def _all_ranks_have(path: str) -> bool:
     """Every rank must take the same branch (decoding gathers across ranks)."""
     here = os.path.isfile(path)
-    rank, world, group = _world()
+    _, world, group = _world()
     if world == 1:
         return here
     flags: List[Optional[bool]] = [None] * world

@@ -116,6 +116,7 @@ class TranslationTieKDTask(TranslationTask):
         self._teacher = None
         self._student = None  # weak reference: where and in which dtype the teacher decodes
         self.pool = load_pool(cfg.unlabeled_data, src_dict, cfg.source_lang) if cfg.unlabeled_data else None
+        self._pool_sha256 = None
         self._shard_pairs = (None, None)  # (shard number, pairs) of the last decoded shard
         self._seq_kd_pairs = None
 
@@ -192,8 +193,9 @@ class TranslationTieKDTask(TranslationTask):
         if self._shard_pairs[0] != shard:
             per_shard = min(self.cfg.unlabeled_per_epoch or len(self.pool), len(self.pool))
             indices = shard_indices(len(self.pool), per_shard, shard, self.cfg.seed)
-            meta = {"shard": shard, "per_shard": per_shard,
-                    "pool_sha256": pseudo_targets.dataset_sha256(self.pool)}
+            if self._pool_sha256 is None:  # hashed once, when the first shard is needed
+                self._pool_sha256 = pseudo_targets.dataset_sha256(self.pool)
+            meta = {"shard": shard, "per_shard": per_shard, "pool_sha256": self._pool_sha256}
             pairs = self._cached_decode(f"pool-shard{shard:04d}", self.pool, indices.tolist(), meta,
                                         self.cfg.seed + shard)
             self._shard_pairs = (shard, pairs)

@@ -17,5 +17,6 @@ setup(
         "sacrebleu>=2.0",
         "sentencepiece>=0.1.97",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7"], "examples": ["matplotlib>=3.5"]},
+    entry_points={"console_scripts": ["tiekd-eval = tiekd_fairseq.evaluate:main"]},
 )

@@ -21,17 +21,7 @@ mkdir -p "$W"
 log() { echo "[demo $(date +%H:%M:%S)] $*"; }
 
 log "data: LibreOffice help en-de (Debian packages)"
-python examples/data/prepare_lohelp.py "$W/raw" --tgt de
-python examples/data/sentencepiece_prep.py "$W/raw" "$W/spm" --src en --tgt de --vocab-size "$VOCAB"
-if [ ! -f "$W/bin/dict.de.txt" ]; then
-  fairseq-preprocess --source-lang en --target-lang de --trainpref "$W/spm/train" \
-    --validpref "$W/spm/valid" --testpref "$W/spm/test" --destdir "$W/bin" \
-    --joined-dictionary --workers 2 2>&1 | grep -v tensorboardX | tail -2
-fi
-if [ ! -f "$W/pool/dict.en.txt" ]; then  # the unlabeled pool, with the data's dictionary
-  fairseq-preprocess --only-source --source-lang en --srcdict "$W/bin/dict.en.txt" \
-    --trainpref "$W/spm/pool" --destdir "$W/pool" --workers 2 2>&1 | grep -v tensorboardX | tail -1
-fi
+bash examples/data/prepare.sh "$W" "$VOCAB" de
 
 COMMON=(--user-dir "$REPO/tiekd_fairseq" --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
   --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates 300 --max-tokens 1024

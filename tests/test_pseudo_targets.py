@@ -155,6 +155,25 @@ def test_seq_kd_trains_on_the_teachers_translations(toy_data, teacher_checkpoint
     assert {i: tgt_dict.string(t) for i, t in pairs.items()} == theirs
 
 
+def test_students_of_one_teacher_share_a_cache_dir(toy_data, teacher_checkpoint, pool, tmp_path):
+    """seq-KD targets do not depend on the student's seed: a second student decodes nothing.
+    Pool shards do (the walk is seeded): each seed gets its own shard file."""
+    cache = tmp_path / "cache"
+    common = ("--teacher-path", teacher_checkpoint, "--pseudo-cache-dir", cache, "--max-update", "1")
+    logs = [utils.train(toy_data, tmp_path / f"seq{seed}", *utils.TINY_ARCH, "--task", "translation_tie_kd",
+                        "--seq-kd", "--criterion", "label_smoothed_cross_entropy", "--seed", seed, *common)
+            for seed in (1, 2)]
+    assert len(utils.log_lines(logs[0], "seq-kd: teacher decoded 1500 sentences")) == 1
+    assert len(utils.log_lines(logs[1], "seq-kd: teacher decoded")) == 0
+    assert len(utils.log_lines(logs[1], f"seq-kd: reusing 1500 cached pseudo-target pairs from {cache}")) == 1
+    for seed in (1, 2):
+        pool_student(toy_data, tmp_path / f"pool{seed}", teacher_checkpoint, pool, "--seed", seed,
+                     "--pseudo-cache-dir", cache, "--max-update", "1")
+    assert len(list(cache.glob("seq-kd-*.tsv"))) == 1
+    assert len(list(cache.glob("pool-shard0000-*.tsv"))) == 2
+    assert not any((tmp_path / name / "pseudo_targets").exists() for name in ("seq1", "seq2", "pool1", "pool2"))
+
+
 def test_too_long_sources_are_skipped_and_counted(toy_data, teacher_checkpoint, pool, tmp_path):
     proc = pool_student(toy_data, tmp_path, teacher_checkpoint, pool, "--max-update", "1",
                         "--max-source-positions", "8", "--skip-invalid-size-inputs-valid-test")

@@ -73,6 +73,12 @@ class TranslationTieKDConfig(TranslationConfig):
     pseudo_sampling_topk: int = field(default=-1, metadata={"help": "sample from the k most likely tokens (-1: all)"})
     pseudo_sampling_topp: float = field(default=-1.0, metadata={"help": "nucleus sampling mass (-1: off)"})
     pseudo_max_tokens: int = field(default=4096, metadata={"help": "source tokens per decoding batch"})
+    pseudo_cache_dir: str = field(
+        default="",
+        metadata={"help": "where decoded pseudo-targets are cached (default: SAVE_DIR/pseudo_targets). "
+                  "Files are keyed by teacher, data, seed and decoding options, so students of "
+                  "one teacher can share a directory and decode each set once"},
+    )
     # Read from the rest of fairseq's config (no command-line option of their own).
     seed: int = II("common.seed")
     save_dir: str = II("checkpoint.save_dir")
@@ -176,12 +182,12 @@ class TranslationTieKDTask(TranslationTask):
     def _cached_decode(self, kind: str, sources, indices, meta: dict, seed: int):
         options = self._decode_options()
         meta = {
-            "kind": kind, **meta, "seed": self.cfg.seed,
+            "kind": kind, **meta, "sampling_seed": seed if options.sampling else None,
             "teacher_sha256": [pseudo_targets.file_sha256(p) for p in self.cfg.teacher_path.split(os.pathsep) if p],
             "decoding": pseudo_targets.options_meta(options),
         }
-        path = os.path.join(self.cfg.save_dir, "pseudo_targets",
-                            f"{kind}-{pseudo_targets.cache_key(meta)}.tsv")
+        cache_dir = self.cfg.pseudo_cache_dir or os.path.join(self.cfg.save_dir, "pseudo_targets")
+        path = os.path.join(cache_dir, f"{kind}-{pseudo_targets.cache_key(meta)}.tsv")
         student = self._student() if self._student is not None else None
         param = next(student.parameters()) if student is not None else torch.zeros(0)
         teacher = self.teacher.place(param.device, param.dtype)
@@ -195,7 +201,8 @@ class TranslationTieKDTask(TranslationTask):
             indices = shard_indices(len(self.pool), per_shard, shard, self.cfg.seed)
             if self._pool_sha256 is None:  # hashed once, when the first shard is needed
                 self._pool_sha256 = pseudo_targets.dataset_sha256(self.pool)
-            meta = {"shard": shard, "per_shard": per_shard, "pool_sha256": self._pool_sha256}
+            meta = {"shard": shard, "per_shard": per_shard, "pool_sha256": self._pool_sha256,
+                    "walk_seed": self.cfg.seed}
             pairs = self._cached_decode(f"pool-shard{shard:04d}", self.pool, indices.tolist(), meta,
                                         self.cfg.seed + shard)
             self._shard_pairs = (shard, pairs)

@@ -1,0 +1,52 @@
+"""examples/run_grid.py on a tiny grid of toy runs: resumable, a finished grid trains nothing."""
+import json
+import os
+import subprocess
+import sys
+
+import utils
+
+RUNNER = os.path.join(utils.REPO, "examples", "run_grid.py")
+
+
+def run_grid(work, data, ref):
+    proc = subprocess.run(
+        [sys.executable, RUNNER, "--work", work, "--data", data, "--ref", ref,
+         "--src", "src", "--tgt", "tgt", "--post-process", "none", "--teacher-arch", "tie_kd_transformer_micro",
+         "--teacher-updates", "6", "--updates", "4", "--sizes", "micro:1", "--methods", "ce,tie_kd",
+         "--save-every", "2", "--average-last", "2", "--max-tokens", "1500", "--jobs", "1"],
+        capture_output=True, text=True, env=utils.CHILD_ENV, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_a_finished_grid_trains_nothing_and_a_killed_run_resumes(toy_data, tmp_path):
+    data = tmp_path / "bin"  # the grid's students share all embeddings: one dictionary
+    utils.preprocess(toy_data.parent / "raw", data, "--joined-dictionary")
+    first = run_grid(tmp_path, data, toy_data.parent / "raw" / "test.tgt")
+    runs = ["micro-ce-s1", "micro-tie_kd-s1"]
+    for name in runs:
+        assert f"{name}: train" in first and f"{name}: evaluate" in first
+        (record,) = (tmp_path / "runs" / name).glob("eval-test-avg2-*.json")
+        record = json.loads(record.read_text())
+        assert record["checkpoints"] == ["checkpoint_1_2.pt", "checkpoint_1_4.pt"] and record["num_updates"] == 4
+        assert record["method"] == name.split("-")[1] and 0 <= record["bleu"] <= 100
+        assert json.loads((tmp_path / "runs" / name / "train.json").read_text())["updates"] == 4
+    logs = {name: (tmp_path / "runs" / name / "train.log").read_text() for name in runs}
+
+    second = run_grid(tmp_path, data, toy_data.parent / "raw" / "test.tgt")
+    assert "teacher: trained" in second
+    for name in runs:
+        assert f"{name}: trained" in second and f"{name}: train\n" not in second
+        assert f"{name}: evaluate" not in second
+        assert (tmp_path / "runs" / name / "train.log").read_text() == logs[name]  # fairseq never started
+
+    # a run killed before it finished (no train.json) resumes from its checkpoint_last.pt
+    os.remove(tmp_path / "runs" / "micro-ce-s1" / "train.json")
+    third = run_grid(tmp_path, data, toy_data.parent / "raw" / "test.tgt")
+    assert "micro-ce-s1: resume" in third and "micro-tie_kd-s1: trained" in third
+    resumed = (tmp_path / "runs" / "micro-ce-s1" / "train.log").read_text()[len(logs["micro-ce-s1"]):]
+    assert "Loaded checkpoint" in resumed and "(epoch 1 @ 4 updates)" in resumed
+    assert "done training" in resumed
+    grid = json.loads((tmp_path / "grid.json").read_text())
+    assert len(grid["invocations"]) == 3 and all(i["minutes"] is not None for i in grid["invocations"])

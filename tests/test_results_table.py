@@ -1,0 +1,83 @@
+"""examples/results_table.py on fixture JSON records: means, sds, gains, bootstrap, plot."""
+import json
+import os
+import sys
+
+import pytest
+import sacrebleu
+
+import utils
+
+sys.path.insert(0, os.path.join(utils.REPO, "examples"))
+import results_table  # noqa: E402
+
+REFS = ["the cat sat on the mat", "a dog ran in the park", "hello there my friend", "it is raining today",
+        "we like green tea", "this is a small test"]
+HYPS = {"ce": ["the cat", "a dog", "hello", "it rains", "we like tea", "this is"],
+        "word_kd": ["the cat sat", "a dog ran", "hello there", "it is raining", "we like tea", "this is a test"],
+        "tie_kd": REFS[:5] + ["this is a test"]}
+BLEU = {  # (size, method): BLEU per seed
+    ("micro", "ce"): [10.0, 12.0, 14.0], ("micro", "word_kd"): [11.0, 13.0, 15.0],
+    ("micro", "tie_kd"): [13.0, 15.0, 17.0], ("nano", "ce"): [8.0], ("nano", "tie_kd"): [10.5],
+}
+PARAMS = {"micro": 650_000, "nano": 300_000}
+
+
+@pytest.fixture
+def work(tmp_path):
+    (tmp_path / "ref.txt").write_text("\n".join(REFS) + "\n")
+    for (size, method), scores in BLEU.items():
+        for seed, bleu in enumerate(scores, 1):
+            run = tmp_path / "runs" / f"{size}-{method}-s{seed}"
+            run.mkdir(parents=True)
+            (run / "out.hyp").write_text("\n".join(HYPS[method]) + "\n")
+            (run / "eval-test.json").write_text(json.dumps({
+                "size": size, "method": method, "seed": seed, "params": PARAMS[size], "bleu": bleu,
+                "chrf": bleu + 20, "teacher_top1_agree": 0.5 + seed / 100, "num_updates": 800,
+                "hyp": str(run / "out.hyp"), "ref": str(tmp_path / "ref.txt"), "n": 6, "beam": 4, "lenpen": 0.6,
+                "checkpoints": ["checkpoint_1_750.pt", "checkpoint_1_800.pt"],
+                "bleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
+                "chrf_signature": "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0",
+                "sacrebleu_version": "2.6.0"}))
+            (run / "train.json").write_text(json.dumps({
+                "train_seconds": 60.0 * seed, "updates_per_second": 800 / (60.0 * seed), "peak_rss_mib": 500 + seed,
+                "command": f"fairseq-train DATA --criterion {method}"}))
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "eval-test.json").write_text(json.dumps(
+        {"arch": "tie_kd_transformer_tiny", "params": 1_300_000, "num_updates": 2200, "bleu": 20.0, "chrf": 45.0}))
+    return tmp_path
+
+
+def test_means_sds_and_gains(work):
+    summary = results_table.summarize(results_table.load_records(str(work)))
+    ce, word, tie = (summary[("micro", m)] for m in ("ce", "word_kd", "tie_kd"))
+    assert (ce["bleu"], ce["bleu_sd"]) == (pytest.approx(12.0), pytest.approx(2.0))
+    assert (tie["bleu"], tie["bleu_sd"], tie["chrf"]) == (pytest.approx(15.0), pytest.approx(2.0), pytest.approx(35.0))
+    assert tie["gain_over_ce"] == pytest.approx(3.0) and tie["gain_over_word_kd"] == pytest.approx(2.0)
+    assert word["gain_over_ce"] == pytest.approx(1.0) and word["gain_over_word_kd"] is None
+    assert ce["gain_over_ce"] is None
+    assert tie["train_seconds"] == pytest.approx(120.0) and tie["peak_rss_mib"] == pytest.approx(502.0)
+    assert tie["teacher_top1_agree"] == pytest.approx(0.52)
+    nano = summary[("nano", "tie_kd")]
+    assert nano["bleu_sd"] is None and nano["gain_over_ce"] == pytest.approx(2.5)
+    assert nano["gain_over_word_kd"] is None  # no word-KD run at that size
+
+
+def test_paired_bootstrap_uses_the_hypothesis_files(work):
+    rows = results_table.paired_bootstrap(results_table.load_records(str(work)), n_samples=200)
+    assert [(r["size"], r["seed"]) for r in rows] == [("micro", 1), ("micro", 2), ("micro", 3)]
+    expected = sacrebleu.corpus_bleu(HYPS["tie_kd"], [REFS]).score
+    assert rows[0]["BLEU"]["system"] == pytest.approx(expected)
+    assert rows[0]["BLEU"]["baseline"] == pytest.approx(sacrebleu.corpus_bleu(HYPS["word_kd"], [REFS]).score)
+    assert 0 < rows[0]["BLEU"]["p_value"] <= 1
+
+
+def test_markdown_and_plot(work):
+    out = work / "results.md"
+    results_table.main(["--work", str(work), "--out", str(out), "--bootstrap-samples", "100"])
+    text = out.read_text()
+    assert "| micro | 0.65M | TIE-KD | 3 | 15.00 ± 2.00 | 35.00 ± 2.00 | +3.00 | +2.00 | 0.520 | 2.0 |" in text
+    assert "| nano | 0.30M | TIE-KD | 1 | 10.50 | 30.50 | +2.50 | — |" in text
+    assert "**micro**: TIE-KD vs CE +3.00 BLEU (above the paper's +0.6 to +1.1)" in text
+    assert "BLEU 20.00, chrF 45.00" in text
+    assert (work / "results_capacity_gap.png").stat().st_size > 1000

@@ -207,8 +207,9 @@ def render(work, records, summary, boot, plot_name):
              "per run). Do not edit by hand.", ""]
     if grid:
         parts += ["## How it was run", "",
-                  f"- Command: `{grid.get('command')}` (total wall time {grid.get('wall_minutes', float('nan')):.0f} min "
-                  f"over {grid.get('invocations', 1)} invocation(s)).",
+                  f"- Command: `{grid.get('command')}`: {grid.get('wall_minutes', float('nan')):.0f} min from the first "
+                  f"invocation's start to the last one's end ({len(grid.get('invocations', []))} invocations; "
+                  "re-running it skips what is done).",
                   f"- Machine: {grid.get('machine')}; torch {grid.get('torch')}, fairseq {grid.get('fairseq')}, "
                   f"sacreBLEU {one.get('sacrebleu_version')}; commit {grid.get('commit')}.",
                   f"- Data: {grid.get('data_note', '')}",
@@ -231,6 +232,17 @@ def render(work, records, summary, boot, plot_name):
     if plot_name:
         parts += ["## Capacity gap", "", f"![BLEU gain over CE vs capacity gap]({plot_name})", ""]
     parts += ["## Against the paper", "", f"The paper reports {PAPER}.", "", findings(summary, boot), ""]
+    parts += ["## Read with care", "",
+              "- Scale: a 20k-pair corpus, students trained for about one epoch, a teacher that is itself "
+              "weak; the paper's models have 100-200x more parameters and train for 250x more (and larger) updates. A method that helps "
+              "an under-trained student here may not help a converged one, and the reverse.",
+              "- Costs: wall times come from runs that shared the 2 cores with another run (and at times "
+              "with the test suite), so they are comparable only roughly; `docs/performance.md` has "
+              "the per-step costs measured alone (tie_kd N=1: 1.87x a CE step, N=3: 4.49x).",
+              "- seq-KD's time includes the teacher translating the training set in its first run only "
+              "(the others reuse the shared cache, `--pseudo-cache-dir`); TIE-KD + pool's includes "
+              "translating a pool shard each epoch.",
+              "- sd is the sample standard deviation over seeds; with 3 seeds it is itself uncertain.", ""]
     parts += ["## Commands per method (first run of each)", ""]
     for method in METHOD_NAMES:
         if example.get(method):

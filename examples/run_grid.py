@@ -66,6 +66,8 @@ def parse_args(argv=None):
     ap.add_argument("--average-last", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="only evaluate runs that finished training (e.g. while another invocation trains)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     return ap.parse_args(argv)
 
@@ -175,11 +177,11 @@ class Grid:
         from importlib.metadata import version
         path = os.path.join(self.work, "grid.json")
         grid = json.load(open(path)) if os.path.exists(path) else {"invocations": []}
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start))
         if end is None:
-            grid["invocations"].append({"start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)),
-                                        "argv": sys.argv[1:], "minutes": None})
-        else:
-            grid["invocations"][-1]["minutes"] = (end - start) / 60
+            grid["invocations"].append({"start": started, "argv": sys.argv[1:], "minutes": None})
+        else:  # invocations may overlap (--evaluate-only beside a training one)
+            next(i for i in grid["invocations"] if i["start"] == started)["minutes"] = (end - start) / 60
         cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                    "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -195,7 +197,7 @@ class Grid:
             data_note=(f"LibreOffice help en-{self.a.tgt} (Debian packages, examples/data/prepare.sh): "
                        + ", ".join(f"{n:,} {name}" for name, n in counts.items()) + " lines; "
                        f"SentencePiece {self.a.vocab}, joint dictionary") if counts else self.data,
-            wall_minutes=sum(i["minutes"] or 0 for i in grid["invocations"]))
+            wall_minutes=_span_minutes(grid["invocations"]))
         with open(path, "w") as f:
             json.dump(grid, f, indent=1)
 
@@ -211,13 +213,16 @@ class Grid:
         teacher_args = self.common(self.teacher_dir, a.teacher_updates, 1) + [
             "--arch", a.teacher_arch, "--criterion", "label_smoothed_cross_entropy"]
         # the teacher gets every thread: everything else waits for it
-        self.train("teacher", self.teacher_dir, teacher_args, threads=a.jobs * a.threads)
         plan = self.run_plan()
-        with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-            futures = [pool.submit(self.train, name, *self.student_command(name, size, method, seed))
-                       for name, size, method, seed in plan]
-            for f in futures:
-                f.result()
+        if a.evaluate_only:
+            plan = [run for run in plan if os.path.exists(os.path.join(self.work, "runs", run[0], "train.json"))]
+        else:
+            self.train("teacher", self.teacher_dir, teacher_args, threads=a.jobs * a.threads)
+            with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
+                futures = [pool.submit(self.train, name, *self.student_command(name, size, method, seed))
+                           for name, size, method, seed in plan]
+                for f in futures:
+                    f.result()
         self.evaluate("teacher", self.teacher_dir, "teacher", "teacher", 1)
         with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
             futures = [pool.submit(self.evaluate, name, os.path.join(self.work, "runs", name), size, method, seed)
@@ -227,6 +232,13 @@ class Grid:
         if not a.dry_run:
             self.record_invocation(start, time.time())
         log(f"all {len(plan)} student runs trained and evaluated under {self.work}")
+
+
+def _span_minutes(invocations):
+    """Minutes from the first invocation's start to the last one's end."""
+    spans = [(time.mktime(time.strptime(i["start"], "%Y-%m-%d %H:%M:%S")), i["minutes"]) for i in invocations
+             if i["minutes"] is not None]
+    return (max(t + m * 60 for t, m in spans) - min(t for t, _ in spans)) / 60 if spans else 0.0
 
 
 def _installed(dist):

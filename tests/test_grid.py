@@ -1,6 +1,7 @@
 """examples/run_grid.py on a tiny grid of toy runs: resumable, a finished grid trains nothing."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,9 +10,9 @@ import utils
 RUNNER = os.path.join(utils.REPO, "examples", "run_grid.py")
 
 
-def run_grid(work, data, ref):
+def run_grid(work, data, ref, *extra):
     proc = subprocess.run(
-        [sys.executable, RUNNER, "--work", work, "--data", data, "--ref", ref,
+        [sys.executable, RUNNER, *extra, "--work", work, "--data", data, "--ref", ref,
          "--src", "src", "--tgt", "tgt", "--post-process", "none", "--teacher-arch", "tie_kd_transformer_micro",
          "--teacher-updates", "6", "--updates", "4", "--sizes", "micro:1", "--methods", "ce,tie_kd",
          "--save-every", "2", "--average-last", "2", "--max-tokens", "1500", "--jobs", "1"],
@@ -48,5 +49,12 @@ def test_a_finished_grid_trains_nothing_and_a_killed_run_resumes(toy_data, tmp_p
     resumed = (tmp_path / "runs" / "micro-ce-s1" / "train.log").read_text()[len(logs["micro-ce-s1"]):]
     assert "Loaded checkpoint" in resumed and "(epoch 1 @ 4 updates)" in resumed
     assert "done training" in resumed
+
+    # --evaluate-only evaluates what is trained and not yet evaluated, and trains nothing
+    for path in (tmp_path / "runs" / "micro-tie_kd-s1").glob("eval-*"):
+        path.unlink()
+    fourth = run_grid(tmp_path, data, toy_data.parent / "raw" / "test.tgt", "--evaluate-only")
+    assert "micro-tie_kd-s1: evaluate" in fourth and "micro-ce-s1: evaluate" not in fourth
+    assert not re.search(r": (train|resume|trained)$", fourth, re.M)
     grid = json.loads((tmp_path / "grid.json").read_text())
-    assert len(grid["invocations"]) == 3 and all(i["minutes"] is not None for i in grid["invocations"])
+    assert len(grid["invocations"]) == 4 and all(i["minutes"] is not None for i in grid["invocations"])

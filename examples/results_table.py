@@ -20,6 +20,7 @@ METHOD_NAMES = {  # display order
     "tie_kd": "TIE-KD",
     "tie_kd_pool": "TIE-KD + pool",
 }
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = ("TIE-KD gains +1.04 (WMT'14 en-de), +0.60 (en-fr) and +1.11 (WMT'16 en-ro) BLEU over the "
          "student trained without KD, beats vanilla word-level KD on all three, and its gain holds "
          "better than other KD methods' as the teacher-student capacity gap changes. Setting: "
@@ -243,10 +244,11 @@ def render(work, records, summary, boot, plot_name):
               "(the others reuse the shared cache, `--pseudo-cache-dir`); TIE-KD + pool's includes "
               "translating a pool shard each epoch.",
               "- sd is the sample standard deviation over seeds; with 3 seeds it is itself uncertain.", ""]
-    parts += ["## Commands per method (first run of each)", ""]
+    parts += ["## Commands per method (first run of each; WORK is the runner's `--work`)", ""]
     for method in METHOD_NAMES:
         if example.get(method):
-            parts += [f"- {METHOD_NAMES[method]}:", "", f"  ```\n  {example[method]}\n  ```", ""]
+            command = example[method].replace(os.path.abspath(work) + "/", "WORK/").replace(REPO + "/", "")
+            parts += [f"- {METHOD_NAMES[method]}:", "", f"  ```\n  {command}\n  ```", ""]
     return "\n".join(parts)
 
 

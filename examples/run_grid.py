@@ -189,6 +189,11 @@ class Grid:
         counts = {name: sum(1 for _ in open(os.path.join(raw, name), encoding="utf-8"))
                   for name in (f"train.{self.a.tgt}", f"valid.{self.a.tgt}", f"test.{self.a.tgt}", f"pool.{self.a.src}")
                   if os.path.exists(os.path.join(raw, name))}
+        if self.a.evaluate_only:  # the training invocations' settings stay
+            grid["wall_minutes"] = _span_minutes(grid["invocations"])
+            with open(path, "w") as f:
+                json.dump(grid, f, indent=1)
+            return
         grid.update(
             command="python examples/run_grid.py " + shlex.join(sys.argv[1:]),
             machine=f"{os.cpu_count()} cores, {cpu}", torch=version("torch"),
@@ -196,7 +201,7 @@ class Grid:
             commit=commit.stdout.strip() or "?", jobs=self.a.jobs, threads=self.a.threads,
             data_note=(f"LibreOffice help en-{self.a.tgt} (Debian packages, examples/data/prepare.sh): "
                        + ", ".join(f"{n:,} {name}" for name, n in counts.items()) + " lines; "
-                       f"SentencePiece {self.a.vocab}, joint dictionary") if counts else self.data,
+                       f"SentencePiece {self.a.vocab}, joint dictionary.") if counts else self.data,
             wall_minutes=_span_minutes(grid["invocations"]))
         with open(path, "w") as f:
             json.dump(grid, f, indent=1)

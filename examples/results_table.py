@@ -61,10 +61,11 @@ def summarize(records):
                       "peak_rss_mib", "num_updates"):
             s[field], s[field + "_sd"] = mean_sd([r.get(field) for r in runs])
         summary[key] = s
-    for (size, method), s in summary.items():  # gains of the mean BLEU over the baselines
+    for (size, method), s in summary.items():  # gains of the mean BLEU (and chrF) over the baselines
         for base in ("ce", "word_kd"):
             b = summary.get((size, base))
             s[f"gain_over_{base}"] = None if b is None or method == base else s["bleu"] - b["bleu"]
+            s[f"chrf_gain_over_{base}"] = None if b is None or method == base else s["chrf"] - b["chrf"]
     return summary
 
 
@@ -171,12 +172,15 @@ def findings(summary, boot):
             verdict = "within" if 0.6 <= tie["gain_over_ce"] <= 1.1 else (
                 "above" if tie["gain_over_ce"] > 1.1 else "below")
             out.append(f"- **{size}**: TIE-KD vs CE {signed(tie['gain_over_ce'])} BLEU "
-                       f"({verdict} the paper's +0.6 to +1.1).")
+                       f"({verdict} the paper's +0.6 to +1.1), {signed(tie['chrf_gain_over_ce'])} chrF.")
         if tie and word:
             sig = [r for r in boot if r["size"] == size]
-            n_sig = sum(r["BLEU"]["p_value"] < 0.05 and r["BLEU"]["system"] > r["BLEU"]["baseline"] for r in sig)
-            out.append(f"- **{size}**: TIE-KD vs word-KD {signed(tie['gain_over_word_kd'])} BLEU; TIE-KD is "
-                       f"significantly better (paired bootstrap, p < 0.05) in {n_sig} of {len(sig)} seeds.")
+            def wins(metric):
+                return sum(r[metric]["p_value"] < 0.05 and r[metric]["system"] > r[metric]["baseline"] for r in sig)
+            out.append(f"- **{size}**: TIE-KD vs word-KD {signed(tie['gain_over_word_kd'])} BLEU, "
+                       f"{signed(tie['chrf_gain_over_word_kd'])} chrF; TIE-KD is significantly better "
+                       f"(paired bootstrap, p < 0.05) in {wins('BLEU')} of {len(sig)} seeds by BLEU and "
+                       f"{wins('chrF2')} of {len(sig)} by chrF.")
         best = max((s["bleu"], m) for (z, m), s in summary.items() if z == size)
         out.append(f"- **{size}**: best method by mean BLEU: {METHOD_NAMES[best[1]]} ({best[0]:.2f}).")
     sizes = sizes_in_order(summary)

@@ -55,6 +55,7 @@ def test_means_sds_and_gains(work):
     assert (tie["bleu"], tie["bleu_sd"], tie["chrf"]) == (pytest.approx(15.0), pytest.approx(2.0), pytest.approx(35.0))
     assert tie["gain_over_ce"] == pytest.approx(3.0) and tie["gain_over_word_kd"] == pytest.approx(2.0)
     assert word["gain_over_ce"] == pytest.approx(1.0) and word["gain_over_word_kd"] is None
+    assert tie["chrf_gain_over_word_kd"] == pytest.approx(2.0)
     assert ce["gain_over_ce"] is None
     assert tie["train_seconds"] == pytest.approx(120.0) and tie["peak_rss_mib"] == pytest.approx(502.0)
     assert tie["teacher_top1_agree"] == pytest.approx(0.52)
@@ -78,6 +79,6 @@ def test_markdown_and_plot(work):
     text = out.read_text()
     assert "| micro | 0.65M | TIE-KD | 3 | 15.00 ± 2.00 | 35.00 ± 2.00 | +3.00 | +2.00 | 0.520 | 2.0 |" in text
     assert "| nano | 0.30M | TIE-KD | 1 | 10.50 | 30.50 | +2.50 | — |" in text
-    assert "**micro**: TIE-KD vs CE +3.00 BLEU (above the paper's +0.6 to +1.1)" in text
+    assert "**micro**: TIE-KD vs CE +3.00 BLEU (above the paper's +0.6 to +1.1), +3.00 chrF." in text
     assert "BLEU 20.00, chrF 45.00" in text
     assert (work / "results_capacity_gap.png").stat().st_size > 1000

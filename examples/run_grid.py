@@ -177,11 +177,12 @@ class Grid:
         from importlib.metadata import version
         path = os.path.join(self.work, "grid.json")
         grid = json.load(open(path)) if os.path.exists(path) else {"invocations": []}
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start))
         if end is None:
-            grid["invocations"].append({"start": started, "argv": sys.argv[1:], "minutes": None})
-        else:  # invocations may overlap (--evaluate-only beside a training one)
-            next(i for i in grid["invocations"] if i["start"] == started)["minutes"] = (end - start) / 60
+            self.invocation = len(grid["invocations"])  # entries are only appended, even when overlapping
+            grid["invocations"].append({"start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)),
+                                        "argv": sys.argv[1:], "minutes": None})
+        else:
+            grid["invocations"][self.invocation]["minutes"] = (end - start) / 60
         cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                    "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)

@@ -159,7 +159,9 @@ def test_students_of_one_teacher_share_a_cache_dir(toy_data, teacher_checkpoint,
     """seq-KD targets do not depend on the student's seed: a second student decodes nothing.
     Pool shards do (the walk is seeded): each seed gets its own shard file."""
     cache = tmp_path / "cache"
-    common = ("--teacher-path", teacher_checkpoint, "--pseudo-cache-dir", cache, "--max-update", "1")
+    # whole epochs: a fairseq-train stopped by --max-update mid-epoch once aborted at exit
+    # ("terminate called without an active exception") after saving everything
+    common = ("--teacher-path", teacher_checkpoint, "--pseudo-cache-dir", cache, "--max-epoch", "1")
     logs = [utils.train(toy_data, tmp_path / f"seq{seed}", *utils.TINY_ARCH, "--task", "translation_tie_kd",
                         "--seq-kd", "--criterion", "label_smoothed_cross_entropy", "--seed", seed, *common)
             for seed in (1, 2)]
@@ -168,7 +170,7 @@ def test_students_of_one_teacher_share_a_cache_dir(toy_data, teacher_checkpoint,
     assert len(utils.log_lines(logs[1], f"seq-kd: reusing 1500 cached pseudo-target pairs from {cache}")) == 1
     for seed in (1, 2):
         pool_student(toy_data, tmp_path / f"pool{seed}", teacher_checkpoint, pool, "--seed", seed,
-                     "--pseudo-cache-dir", cache, "--max-update", "1")
+                     "--pseudo-cache-dir", cache, "--max-epoch", "1")
     assert len(list(cache.glob("seq-kd-*.tsv"))) == 1
     assert len(list(cache.glob("pool-shard0000-*.tsv"))) == 2
     assert not any((tmp_path / name / "pseudo_targets").exists() for name in ("seq1", "seq2", "pool1", "pool2"))

@@ -10,13 +10,4 @@ set -euo pipefail
 W=$1 VOCAB=${2:-4000} TGT=${3:-de}
 HERE=$(dirname "$0")
 python "$HERE/prepare_lohelp.py" "$W/raw" --tgt "$TGT"
-python "$HERE/sentencepiece_prep.py" "$W/raw" "$W/spm" --src en --tgt "$TGT" --vocab-size "$VOCAB"
-if [ ! -f "$W/bin/dict.$TGT.txt" ]; then
-  fairseq-preprocess --source-lang en --target-lang "$TGT" --trainpref "$W/spm/train" \
-    --validpref "$W/spm/valid" --testpref "$W/spm/test" --destdir "$W/bin" \
-    --joined-dictionary --workers 2 2>&1 | grep -v tensorboardX | tail -2
-fi
-if [ ! -f "$W/pool/dict.en.txt" ]; then
-  fairseq-preprocess --only-source --source-lang en --srcdict "$W/bin/dict.en.txt" \
-    --trainpref "$W/spm/pool" --destdir "$W/pool" --workers 2 2>&1 | grep -v tensorboardX | tail -1
-fi
+bash "$HERE/binarize.sh" "$W" "$VOCAB" en "$TGT"

@@ -19,6 +19,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_l
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
+from .errors import ConfigError
 from .losses import TEACHER_TARGETS, next_decoder_input, tie_kd_loss
 from .teacher import TeacherEnsemble
 
@@ -84,18 +85,18 @@ class TieKDCriterion(FairseqCriterion):
         super().__init__(task)
         vocab = len(task.target_dictionary)
         if not 0.0 <= kd_rate <= 1.0:
-            raise ValueError(f"--kd-rate must be in [0, 1], got {kd_rate}")
+            raise ConfigError(f"--kd-rate must be in [0, 1], got {kd_rate}")
         if kd_iters < 1:
-            raise ValueError(f"--kd-iters must be >= 1, got {kd_iters}")
+            raise ConfigError(f"--kd-iters must be >= 1, got {kd_iters}")
         if not 1 <= kd_topk <= vocab:
-            raise ValueError(f"--kd-topk must be in [1, target vocabulary size {vocab}], got {kd_topk}")
+            raise ConfigError(f"--kd-topk must be in [1, target vocabulary size {vocab}], got {kd_topk}")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
         if kd_no_kl and kd_no_top1 and kd_no_topk and kd_rate > 0:
-            raise ValueError("--kd-no-kl, --kd-no-top1 and --kd-no-topk leave no KD term; "
+            raise ConfigError("--kd-no-kl, --kd-no-top1 and --kd-no-topk leave no KD term; "
                              "use --kd-rate 0 (or --criterion label_smoothed_cross_entropy)")
         if not isinstance(getattr(task, "teacher", None), TeacherEnsemble):
-            raise ValueError(
+            raise ConfigError(
                 f"--criterion tie_kd needs a teacher, and task {type(task).__name__} has none: "
                 "use --task translation_tie_kd --teacher-path TEACHER.pt"
             )

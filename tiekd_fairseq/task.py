@@ -16,6 +16,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
 from . import pseudo_targets
+from .errors import ConfigError
 from .pseudo_targets import DecodeOptions
 from .teacher import TeacherEnsemble, load_teachers
 from .unlabeled_pool import load_pool, pseudo_count, resample, shard_indices
@@ -87,7 +88,7 @@ class TranslationTieKDConfig(TranslationConfig):
 
 def _check_options(cfg: TranslationTieKDConfig):
     def bad(option, value, rule):
-        raise ValueError(f"--{option} must be {rule}, got {value}")
+        raise ConfigError(f"--{option} must be {rule}, got {value}")
 
     if cfg.unlabeled_per_epoch is not None and cfg.unlabeled_per_epoch <= 0:
         bad("unlabeled-per-epoch", cfg.unlabeled_per_epoch, "a positive number of sentences")
@@ -103,7 +104,7 @@ def _check_options(cfg: TranslationTieKDConfig):
         for option, value in (("unlabeled-per-epoch", cfg.unlabeled_per_epoch),
                               ("unlabeled-ratio", cfg.unlabeled_ratio)):
             if value is not None:
-                raise ValueError(f"--{option} needs an unlabeled pool: add --unlabeled-data POOL_DIR")
+                raise ConfigError(f"--{option} needs an unlabeled pool: add --unlabeled-data POOL_DIR")
 
 
 @register_task("translation_tie_kd", dataclass=TranslationTieKDConfig)

@@ -16,11 +16,12 @@ from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from .checkpoint_loading import ALLOWED_GLOBALS
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
-class TeacherError(ValueError):
+class TeacherError(ConfigError):
     """A teacher checkpoint that cannot serve the student's task."""
 
 

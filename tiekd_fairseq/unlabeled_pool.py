@@ -11,12 +11,13 @@ import numpy as np
 from fairseq.data import Dictionary, data_utils
 from fairseq.data.indexed_dataset import MMapIndexedDataset
 
+from .errors import ConfigError
 from .teacher import first_dictionary_difference
 
 logger = logging.getLogger(__name__)
 
 
-class PoolError(ValueError):
+class PoolError(ConfigError):
     """An unlabeled pool that cannot serve the task."""
 
 

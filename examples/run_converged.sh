@@ -23,7 +23,7 @@ mkdir -p "$W"
 # every 500 updates; a student stops after 3 validations without a lower validation loss or at
 # 5,000 updates (about 2.4 epochs of en-de), the teacher after 5 (one every 1,000) or at 30,000.
 COMMON=(--vocab 4000 --teacher-arch tie_kd_transformer_tiny --teacher-updates 30000 --teacher-patience 5
-  --teacher-save-every 1000 --updates 5000 --patience 3 --save-every 500 --average-last 5 --jobs 2 --threads 1)
+  --teacher-save-every 1000 --updates 5000 --patience 3 --save-every 500 --average-last 5 --jobs 2 --threads 1 --teacher-threads 1)
 $PY examples/run_grid.py --work "$W/en-de" --raw "$CORPUS/en-de" --pool-text "$W/pool.en" --tgt de "${COMMON[@]}" \
   --data-note "en-de from ../shared/mtdata/build.sh (LibreOffice help and UI, man pages, Wesnoth, GNOME help; document-disjoint splits); pool: English of its en-fr and en-es corpora not in en-de" \
   --sizes micro:3,nano:3:ce+word_kd+tie_kd,mini:3:ce+word_kd+tie_kd \

@@ -95,6 +95,9 @@ def parse_args(argv=None):
     ap.add_argument("--average-last", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--teacher-threads", type=int,
+                    help="torch threads of the teacher's training (default: jobs x threads; 1 is the "
+                    "safe choice on a machine that other work shares: waiting threads spin)")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="only evaluate runs that finished training (e.g. while another invocation trains)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
@@ -380,8 +383,8 @@ class Grid:
                           for name, size, method, seed in plan]:
                     f.result()
         else:
-            # the teacher gets every thread: everything else waits for it
-            self.train("teacher", self.teacher_dir, teacher_args, threads=a.jobs * a.threads,
+            # the teacher trains first: everything else waits for it
+            self.train("teacher", self.teacher_dir, teacher_args, threads=a.teacher_threads or a.jobs * a.threads,
                        patience=a.teacher_patience)
             self.evaluate("teacher", self.teacher_dir, "teacher", "teacher", 1)
             # Runs start in plan order (FIFO), so a run that waits for others finds them started.

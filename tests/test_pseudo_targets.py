@@ -1,4 +1,5 @@
 """Unlabeled source pool and sequence-level KD: teacher pseudo-targets through the real CLIs."""
+import json
 import os
 import re
 
@@ -8,7 +9,7 @@ import torch
 from fairseq.data import Dictionary
 
 import utils
-from tiekd_fairseq.pseudo_targets import pairs_sha256, read_pairs, write_pairs
+from tiekd_fairseq.pseudo_targets import PseudoPairs, selection_sha256, write_pairs
 from tiekd_fairseq.unlabeled_pool import pseudo_count, resample, shard_indices
 
 
@@ -36,13 +37,23 @@ def test_pseudo_share():
 
 
 def test_cache_file_round_trip(tmp_path):
-    pairs = {7: torch.tensor([5, 9, 2]), 0: torch.tensor([2]), 3: torch.tensor([11, 2])}
-    write_pairs(str(tmp_path / "a.tsv"), pairs, {"kind": "test"})
-    back = read_pairs(str(tmp_path / "a.tsv"))
-    assert back.keys() == pairs.keys() and all(torch.equal(back[k], pairs[k]) for k in pairs)
-    assert (tmp_path / "a.tsv").read_text() == "0\t2\n3\t11 2\n7\t5 9 2\n"
+    """fairseq binaries sorted by source, whatever order the ranks decoded in; the rows that
+    do not fit one chunk of the writer come out the same."""
+    pairs = {7: [5, 9, 2], 0: [2], 3: [11, 2]}
+    ids = np.array(list(pairs))
+    for name, chunk in (("a", 1 << 20), ("b", 2)):
+        write_pairs(str(tmp_path / name), ids, np.array([len(t) for t in pairs.values()]),
+                    np.concatenate([np.array(t) for t in pairs.values()]), {"kind": "test"}, vocab_size=20,
+                    rows_per_chunk=chunk)
+    back = PseudoPairs(str(tmp_path / "a"))
+    assert {i: t.tolist() for i, t in back.as_dict().items()} == pairs and list(back.source_index) == [0, 3, 7]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{n}.{ext}" for n in "ab" for ext in ("bin", "idx", "json", "src.npy")]
+    assert all((tmp_path / f"a.{ext}").read_bytes() == (tmp_path / f"b.{ext}").read_bytes()
+               for ext in ("bin", "idx", "src.npy"))
+    assert (tmp_path / "a.bin").stat().st_size == 6 * 2  # uint16 ids for a small vocabulary
     assert '"kind": "test"' in (tmp_path / "a.json").read_text()
-    assert pairs_sha256(pairs, [0, 3]) != pairs_sha256(pairs, [3, 0])
+    assert selection_sha256(back, [0, 1]) != selection_sha256(back, [1, 0])
 
 
 # -- through fairseq-train ------------------------------------------------------------------
@@ -69,15 +80,25 @@ def cache_files(save):
     return {p.name: p.read_bytes() for p in sorted((save / "pseudo_targets").glob("*"))}
 
 
+def cached_pairs(directory, pattern):
+    """{source index: target ids} of the one cache matching ``pattern`` in ``directory``."""
+    (path,) = directory.glob(pattern + ".json")
+    return PseudoPairs(str(path)[: -len(".json")]).as_dict()
+
+
 def shard_pairs(save, shard):
-    (path,) = (save / "pseudo_targets").glob(f"pool-shard{shard:04d}-*.tsv")
-    return read_pairs(str(path))
+    return cached_pairs(save / "pseudo_targets", f"pool-shard{shard:04d}-*")
+
+
+def targets_only(files):
+    """The decoded pairs, without the .json (it records the decoding time)."""
+    return {k: v for k, v in files.items() if not k.endswith(".json")}
 
 
 def test_each_epoch_trains_on_a_new_shard(toy_data, teacher_checkpoint, pool, tmp_path):
     proc = pool_student(toy_data, tmp_path, teacher_checkpoint, pool, "--max-epoch", "2")
     files = cache_files(tmp_path)
-    assert len(files) == 4, files.keys()  # shard 0 and 1: .tsv + .json each, no shard 2
+    assert len(files) == 8, files.keys()  # shard 0 and 1: .bin/.idx/.src.npy/.json each, no shard 2
     first, second = shard_pairs(tmp_path, 0), shard_pairs(tmp_path, 1)
     assert len(first) == len(second) == 100 and not first.keys() & second.keys()
     epochs = utils.log_lines(proc, "pseudo pairs (pool shard")
@@ -118,7 +139,7 @@ def test_restart_reuses_cache_and_matches_uninterrupted_run(toy_data, teacher_ch
     seen = utils.run_until(cmd, "checkpoint_2_12.pt (epoch 2 @ 12 updates")
     assert "Saved checkpoint" in seen.splitlines()[-1] and "| train | epoch 002" not in seen
     before = cache_files(killed_dir)
-    assert len(before) == 4  # shards 0 and 1; the kill came before epoch 3
+    assert len(before) == 8  # shards 0 and 1; the kill came before epoch 3
     resumed = utils.cli("fairseq-train", *cmd[1:])
     log = resumed.stdout + resumed.stderr
     assert re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch 2 @ 12 updates\)", log)
@@ -126,8 +147,7 @@ def test_restart_reuses_cache_and_matches_uninterrupted_run(toy_data, teacher_ch
     assert re.search(r"pool-shard0001: reusing 100 cached", log)
     after = cache_files(killed_dir)
     assert {k: v for k, v in after.items() if "shard0002" not in k} == before  # byte-identical
-    tsv = lambda files: {k: v for k, v in files.items() if k.endswith(".tsv")}
-    assert tsv(after) == tsv(cache_files(tmp_path / "full"))
+    assert targets_only(after) == targets_only(cache_files(tmp_path / "full"))
     # Same pairs, same data order, same seeds: the same training.
     a = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)["model"]
     b = torch.load(killed_dir / "checkpoint_last.pt", weights_only=True)["model"]
@@ -143,8 +163,7 @@ def test_seq_kd_trains_on_the_teachers_translations(toy_data, teacher_checkpoint
                        *[a.replace("--", "--pseudo-") if a.startswith("--") else a for a in decoding],
                        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
                        "--max-epoch", "2")
-    (cache,) = (tmp_path / "pseudo_targets").glob("seq-kd-*.tsv")
-    pairs = read_pairs(str(cache))
+    pairs = cached_pairs(tmp_path / "pseudo_targets", "seq-kd-*")
     assert len(utils.log_lines(proc, "seq-kd: teacher decoded 1500 sentences in")) == 1  # once
     # without a pool fairseq builds the training set once and keeps it for every epoch
     assert len(utils.log_lines(proc, "training on 1,500 pairs whose targets are the teacher's")) == 1
@@ -171,8 +190,8 @@ def test_students_of_one_teacher_share_a_cache_dir(toy_data, teacher_checkpoint,
     for seed in (1, 2):
         pool_student(toy_data, tmp_path / f"pool{seed}", teacher_checkpoint, pool, "--seed", seed,
                      "--pseudo-cache-dir", cache, "--max-epoch", "1")
-    assert len(list(cache.glob("seq-kd-*.tsv"))) == 1
-    assert len(list(cache.glob("pool-shard0000-*.tsv"))) == 2
+    assert len(list(cache.glob("seq-kd-*.json"))) == 1
+    assert len(list(cache.glob("pool-shard0000-*.json"))) == 2
     assert not any((tmp_path / name / "pseudo_targets").exists() for name in ("seq1", "seq2", "pool1", "pool2"))
 
 
@@ -200,3 +219,70 @@ def test_sampled_pseudo_targets_are_seeded(toy_data, teacher_checkpoint, pool, t
     assert sum(not torch.equal(a[i], greedy[i]) for i in a) > 10  # sampled, not the argmax path
     c = shard_pairs(tmp_path / "c", 0)  # another seed walks to another shard and draws anew
     assert c.keys() != a.keys()
+
+
+def test_seq_kd_on_sharded_data_decodes_each_shard(toy_data, teacher_checkpoint, tmp_path):
+    """--data a:b: epoch 2 trains on the teacher's translations of shard b's own sources (before:
+    shard a's translations were reused for shard b's sources, index by index)."""
+    raw = tmp_path / "raw"
+    utils.write_toy_corpus(raw, sizes=(("train", 400), ("valid", 20), ("test", 10)))
+    shard_b = tmp_path / "raw_b"
+    utils.write_toy_corpus(shard_b, sizes=(("train", 300), ("valid", 20), ("test", 10)))
+    for lang in ("src", "tgt"):  # shard b: other sentences than shard a's
+        lines = (shard_b / f"train.{lang}").read_text().splitlines()[::-1]
+        (shard_b / f"train.{lang}").write_text("\n".join(lines) + "\n")
+    dicts = ("--srcdict", toy_data / "dict.src.txt", "--tgtdict", toy_data / "dict.tgt.txt")
+    utils.preprocess(raw, tmp_path / "a", *dicts)
+    utils.preprocess(shard_b, tmp_path / "b", *dicts)
+    decoding = ("--beam", "1", "--max-len-a", "1.2", "--max-len-b", "10")
+    proc = utils.train(f"{tmp_path / 'a'}:{tmp_path / 'b'}", tmp_path / "save", *utils.TINY_ARCH,
+                       "--task", "translation_tie_kd", "--teacher-path", teacher_checkpoint, "--seq-kd",
+                       *[a.replace("--", "--pseudo-") if a.startswith("--") else a for a in decoding],
+                       "--criterion", "label_smoothed_cross_entropy", "--max-epoch", "2")
+    epochs = utils.log_lines(proc, "whose targets are the teacher's translations")
+    assert [re.search(r"training on ([\d,]+) pairs", line).group(1) for line in epochs] == ["400", "300"]
+    caches = [re.search(r"\((?:--seq-kd, )(seq-kd-\w+)\)", line).group(1) for line in epochs]
+    assert caches[0] != caches[1]
+    tgt_dict = Dictionary.load(str(toy_data / "dict.tgt.txt"))
+    for shard, cache in zip(("a", "b"), caches):
+        pairs = cached_pairs(tmp_path / "save" / "pseudo_targets", cache)
+        theirs = generated(tmp_path / shard, teacher_checkpoint, "train", *decoding, "--batch-size", "128")
+        assert {i: tgt_dict.string(t) for i, t in pairs.items()} == theirs
+
+
+def test_cache_key_holds_the_position_limits(toy_data, teacher_checkpoint, pool, tmp_path):
+    """Students sharing --pseudo-cache-dir with other --max-source-positions do not reuse each
+    other's pairs: which sources are skipped depends on them."""
+    cache = tmp_path / "cache"
+    runs = [pool_student(toy_data, tmp_path / name, teacher_checkpoint, pool, "--max-update", "1",
+                         "--pseudo-cache-dir", cache, *extra)
+            for name, extra in (("long", ()), ("short", ("--max-source-positions", "8",
+                                                          "--skip-invalid-size-inputs-valid-test")))]
+    decoded = [re.search(r"pool-shard0000: teacher decoded (\d+) sentences in", proc.stdout + proc.stderr)
+               for proc in runs]
+    assert decoded[0].group(1) == "100" and 0 < int(decoded[1].group(1)) < 100  # both decoded
+    metas = sorted(json.loads(p.read_text())["max_positions"] for p in cache.glob("pool-shard0000-*.json"))
+    assert metas == [[8, 1024], [1024, 1024]]
+
+
+def test_pseudo_pairs_train_memory_mapped(toy_data, teacher_checkpoint, pool, tmp_path):
+    """The pairs an epoch trains on are views of fairseq binaries (sources and targets), not
+    per-pair Python tensors."""
+    from fairseq.data import ConcatDataset
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+    from omegaconf import OmegaConf
+
+    from tiekd_fairseq.pseudo_targets import RowSubset
+    from tiekd_fairseq.task import TranslationTieKDTask
+
+    pool_student(toy_data, tmp_path, teacher_checkpoint, pool, "--max-update", "1")
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    task = TranslationTieKDTask.setup_task(OmegaConf.create(state["cfg"]["task"]))
+    task.load_dataset("train", epoch=1)  # the shard comes from the cache written above
+    train = task.datasets["train"]
+    assert isinstance(train.src, ConcatDataset) and isinstance(train.tgt, ConcatDataset)
+    labeled_src, pseudo_src = train.src.datasets
+    _, pseudo_tgt = train.tgt.datasets
+    assert isinstance(pseudo_src, RowSubset) and isinstance(pseudo_src.dataset, MMapIndexedDataset)
+    assert isinstance(pseudo_tgt, RowSubset) and isinstance(pseudo_tgt.dataset, MMapIndexedDataset)
+    assert len(pseudo_src) == len(pseudo_tgt) == 100

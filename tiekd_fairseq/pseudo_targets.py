@@ -3,11 +3,13 @@
 Used by ``translation_tie_kd`` for the unlabeled source pool (a fresh shard every refresh)
 and for the sequence-level KD baseline (the labeled sources, decoded once). Each data-parallel
 rank decodes every world-size-th source of the shard; all ranks then hold the same pairs.
-A cache file is plain text, one ``index<TAB>target token ids`` line per pair, written
-atomically next to a JSON file that says what it was decoded from.
+
+A cache is fairseq's own binarized format, so millions of pairs train memory-mapped:
+``PREFIX.bin/.idx`` (the target token ids, an ``MMapIndexedDataset``), ``PREFIX.src.npy``
+(row j translates source ``src[j]``, ascending) and ``PREFIX.json`` (what it was decoded from),
+written last: a cache without its ``.json`` does not exist.
 """
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -15,19 +17,17 @@ import os
 import time
 from argparse import Namespace
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from fairseq import utils
-from fairseq.data import LanguagePairDataset, ListDataset
-from fairseq.data.indexed_dataset import MMapIndexedDataset
+from fairseq.data import BaseWrapperDataset, LanguagePairDataset
+from fairseq.data.indexed_dataset import MMapIndexedDataset, best_fitting_int_dtype
 from fairseq.distributed import utils as distributed_utils
 
 logger = logging.getLogger(__name__)
-
-Pairs = Dict[int, torch.Tensor]  # source index -> target token ids (ending with eos)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,64 @@ class DecodeOptions:
                          sampling_topk=self.sampling_topk, sampling_topp=self.sampling_topp)
 
 
-_file_hashes: Dict[Tuple[str, int, int], str] = {}
+class RowSubset(BaseWrapperDataset):
+    """Rows ``rows`` of a dataset, in that order (repeats allowed), without copying them:
+    a memory-mapped dataset stays memory-mapped."""
+
+    def __init__(self, dataset, rows):
+        super().__init__(dataset)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self._sizes = np.asarray(dataset.sizes)[self.rows]
+
+    def __getitem__(self, index):
+        return self.dataset[int(self.rows[index])]
+
+    def __len__(self):
+        return len(self.rows)
+
+    @property
+    def sizes(self):
+        return self._sizes
+
+    def size(self, index):
+        return self._sizes[index]
+
+    def num_tokens(self, index):
+        return self._sizes[index]
+
+    @property
+    def supports_prefetch(self):
+        return False
+
+
+class PseudoPairs:
+    """A decoded cache: row j is the teacher's translation of source ``source_index[j]``."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.targets = MMapIndexedDataset(prefix)
+        self.source_index = np.load(prefix + ".src.npy", mmap_mode="r")
+        self._sha256 = None
+
+    def __len__(self):
+        return len(self.source_index)
+
+    @property
+    def sha256(self) -> str:
+        """Content hash (source ids, target lengths and ids), computed once."""
+        if self._sha256 is None:
+            digest = hashlib.sha256(np.ascontiguousarray(self.source_index).tobytes())
+            digest.update(np.asarray(self.targets.sizes, dtype=np.int64).tobytes())
+            digest.update(self.targets._bin_buffer)
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def as_dict(self):
+        """{source index: target ids}; for small caches and tests."""
+        return {int(i): self.targets[j] for j, i in enumerate(self.source_index)}
+
+
+_file_hashes = {}
 
 
 def file_sha256(path: str) -> str:
@@ -80,25 +137,35 @@ def cache_key(meta: dict) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_pairs(path: str, pairs: Pairs, meta: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    for target, text in (
-        (path, "".join(f"{i}\t{' '.join(map(str, pairs[i].tolist()))}\n" for i in sorted(pairs))),
-        (path[: -len(".tsv")] + ".json", json.dumps(meta, sort_keys=True, indent=1) + "\n"),
-    ):
-        tmp = f"{target}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)  # a killed run never leaves a half-written cache
+def exists(prefix: str) -> bool:
+    return os.path.isfile(prefix + ".json")
 
 
-def read_pairs(path: str) -> Pairs:
-    pairs = {}
-    with open(path) as f:
-        for line in f:
-            index, _, ids = line.rstrip("\n").partition("\t")
-            pairs[int(index)] = torch.tensor([int(t) for t in ids.split()], dtype=torch.long)
-    return pairs
+def write_pairs(prefix: str, source_index: np.ndarray, lengths: np.ndarray, tokens: np.ndarray,
+                meta: dict, vocab_size: int, rows_per_chunk: int = 1 << 20) -> None:
+    """Write pairs (row j: ``tokens`` from ``sum(lengths[:j])``, ``lengths[j]`` of them, for
+    ``source_index[j]``) sorted by source, so the file does not depend on how many ranks decoded
+    it. Atomic: every file goes under a temporary name first, the ``.json`` last."""
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+    tmp = f"{prefix}.tmp{os.getpid()}"
+    dtype = best_fitting_int_dtype(vocab_size)
+    order = np.argsort(source_index, kind="stable")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    with open(tmp + ".bin", "wb") as f:
+        for first in range(0, len(order), rows_per_chunk):  # bounded temporaries
+            rows = order[first:first + rows_per_chunk]
+            n = lengths[rows]
+            gather = np.repeat(starts[rows] - (np.cumsum(n) - n), n) + np.arange(n.sum())
+            f.write(np.asarray(tokens[gather], dtype=dtype).tobytes())
+    with MMapIndexedDataset.Index.writer(tmp + ".idx", dtype) as index:
+        index.write(lengths[order])
+    with open(tmp + ".src.npy", "wb") as f:  # (np.save on a name would append .npy)
+        np.save(f, np.asarray(source_index, dtype=np.int64)[order])
+    with open(tmp + ".json", "w") as f:
+        f.write(json.dumps(meta, sort_keys=True, indent=1) + "\n")
+    for ext in (".bin", ".idx", ".src.npy", ".json"):
+        os.replace(tmp + ext, prefix + ext)
 
 
 def _world() -> Tuple[int, int, Optional[object]]:
@@ -109,11 +176,10 @@ def _world() -> Tuple[int, int, Optional[object]]:
             distributed_utils.get_data_parallel_world_size(), group)
 
 
-def pairs_sha256(pairs: Pairs, keys) -> str:
-    """Fingerprint of the pairs ``keys`` (in order) that an epoch trains on."""
-    digest = hashlib.sha256()
-    for i in keys:
-        digest.update(f"{i}:{pairs[i].tolist()};".encode())
+def selection_sha256(pairs: PseudoPairs, rows: np.ndarray) -> str:
+    """Fingerprint of the rows of ``pairs`` (in order) that an epoch trains on."""
+    digest = hashlib.sha256(pairs.sha256.encode())
+    digest.update(np.asarray(rows, dtype=np.int64).tobytes())
     return digest.hexdigest()
 
 
@@ -128,88 +194,106 @@ def check_same_on_all_ranks(fingerprint: str, what: str) -> int:
     return world
 
 
-def _all_ranks_have(path: str) -> bool:
+def _all_ranks(flag: bool) -> bool:
     """Every rank must take the same branch (decoding gathers across ranks)."""
-    here = os.path.isfile(path)
     _, world, group = _world()
     if world == 1:
-        return here
+        return flag
     flags: List[Optional[bool]] = [None] * world
-    dist.all_gather_object(flags, here, group=group)
+    dist.all_gather_object(flags, flag, group=group)
     return all(flags)
 
 
-@contextlib.contextmanager
-def _beamable_attention(models, beam: int):
+class _BeamableAttention:
     """fairseq-generate's encoder-attention shortcut (keys computed once per sentence, not per
     beam), switched off again afterwards: it would be wrong in the teacher's KD forward."""
-    for m in models:
-        m.decoder.set_beam_size(beam)
-    try:
-        yield
-    finally:
-        for m in models:
+
+    def __init__(self, models, beam: int):
+        self.models, self.beam = models, beam
+
+    def __enter__(self):
+        for m in self.models:
+            m.decoder.set_beam_size(self.beam)
+
+    def __exit__(self, *exc):
+        for m in self.models:
             m.decoder.set_beam_size(1)
 
 
+def max_positions(task, models) -> Tuple[int, int]:
+    """(source, target) lengths that the student's task and every teacher accept."""
+    return utils.resolve_max_positions(task.max_positions(), *(m.max_positions() for m in models))
+
+
 def decode(task, models, sources, indices: Sequence[int], options: DecodeOptions,
-           device: torch.device, seed: int, name: str) -> Tuple[Pairs, int]:
+           device: torch.device, seed: int, name: str):
     """Translate ``sources[i]`` for ``i`` in ``indices`` with the teacher ``models``.
 
-    Returns the pairs and how many sources were skipped as longer than the models accept.
+    Returns (source ids, target lengths, the targets' token ids concatenated) over all ranks, and how many sources were skipped as longer than the models accept. Targets are at
+    most as long as the student's task and every teacher accept.
     """
     rank, world, group = _world()
-    mine = list(indices)[rank::world]
-    src = ListDataset([sources[i] for i in mine], np.array([sources.sizes[i] for i in mine]))
+    mine = np.asarray(indices, dtype=np.int64)[rank::world]
+    src = RowSubset(sources, mine)
     dataset = LanguagePairDataset(src, src.sizes, task.source_dictionary, shuffle=False)
-    max_source = utils.resolve_max_positions(
-        task.max_positions(), *(m.max_positions() for m in models))[0]
+    max_source, max_target = max_positions(task, models)
     order = dataset.ordered_indices()
     fits = order[src.sizes[order] <= max_source]
     skipped = len(order) - len(fits)
     batches = dataset.batch_by_size(fits, max_tokens=options.max_tokens, required_batch_size_multiple=1)
-    generator = task.build_generator(models, options.generator_args())
+    generator = task.build_generator(models, options.generator_args(),
+                                     extra_gen_cls_kwargs={"max_len": max_target})
 
-    local: Dict[int, List[int]] = {}
+    ids, lengths, tokens = [], [], []  # per batch: compact arrays, not per-pair Python objects
     start, done, next_report = time.time(), 0, max(1, len(fits) // 10)
-    with utils.set_torch_seed(seed * 1009 + rank), torch.no_grad(), _beamable_attention(models, options.beam):
+    with utils.set_torch_seed(seed * 1009 + rank), torch.no_grad(), _BeamableAttention(models, options.beam):
         for batch in batches:
             sample = dataset.collater([dataset[i] for i in batch])
             if device.type == "cuda":
                 sample = utils.move_to_cuda(sample, device=device)
             hypos = task.inference_step(generator, models, sample)
-            for local_index, nbest in zip(sample["id"].tolist(), hypos):
-                local[mine[local_index]] = nbest[0]["tokens"].tolist()
+            best = [nbest[0]["tokens"].cpu() for nbest in hypos]
+            ids.append(mine[sample["id"].cpu().numpy()])
+            lengths.append(np.array([len(t) for t in best], dtype=np.int64))
+            tokens.append(torch.cat(best).numpy().astype(np.int32))
             done += len(hypos)
             if done >= next_report or done == len(fits):
                 next_report += max(1, len(fits) // 10)
                 logger.info(f"{name}: teacher decoded {done}/{len(fits)} sentences"
                             f"{f' on rank {rank}' if world > 1 else ''}, "
                             f"{done / max(time.time() - start, 1e-9):.1f} sentences/s")
+    part = tuple(np.concatenate(x) if x else np.zeros(0, dtype=d)
+                 for x, d in ((ids, np.int64), (lengths, np.int64), (tokens, np.int32)))
+    parts = [(part, skipped)]
     if world > 1:
-        gathered: List[Optional[tuple]] = [None] * world
-        dist.all_gather_object(gathered, (local, skipped), group=group)
-        local = {k: v for part, _ in gathered for k, v in part.items()}
-        skipped = sum(s for _, s in gathered)
-    return {i: torch.tensor(t, dtype=torch.long) for i, t in local.items()}, skipped
+        parts = [None] * world
+        dist.all_gather_object(parts, (part, skipped), group=group)
+    merged = tuple(np.concatenate([p[i] for p, _ in parts]) for i in range(3))
+    return merged, sum(s for _, s in parts)
 
 
-def cached_decode(cache_path: str, meta: dict, decode_fn, name: str) -> Pairs:
-    """Pairs from ``cache_path`` if every rank has it, else decoded and written (by rank 0)."""
-    if _all_ranks_have(cache_path):
-        pairs = read_pairs(cache_path)
-        logger.info(f"{name}: reusing {len(pairs)} cached pseudo-target pairs from {cache_path}")
+def cached_decode(prefix: str, meta: dict, decode_fn, name: str, vocab_size: int) -> PseudoPairs:
+    """The cache at ``prefix`` if every rank has it, else decoded and written (by rank 0, and by
+    any other rank that does not see rank 0's file: it may not share the file system)."""
+    if _all_ranks(exists(prefix)):
+        pairs = PseudoPairs(prefix)
+        logger.info(f"{name}: reusing {len(pairs)} cached pseudo-target pairs from {prefix}")
         return pairs
     start = time.time()
-    pairs, skipped = decode_fn()
+    (ids, lengths, tokens), skipped = decode_fn()
     elapsed = time.time() - start
-    logger.info(f"{name}: teacher decoded {len(pairs)} sentences in {elapsed:.1f} s "
-                f"({len(pairs) / max(elapsed, 1e-9):.1f} sentences/s); {skipped} skipped as "
+    logger.info(f"{name}: teacher decoded {len(ids)} sentences in {elapsed:.1f} s "
+                f"({len(ids) / max(elapsed, 1e-9):.1f} sentences/s); {skipped} skipped as "
                 f"longer than the models' max positions")
-    if _world()[0] == 0:
-        write_pairs(cache_path, pairs, {**meta, "pairs": len(pairs), "skipped": skipped,
-                                        "decode_seconds": round(elapsed, 3)})
-    return pairs
+    meta = {**meta, "pairs": len(ids), "skipped": skipped, "decode_seconds": round(elapsed, 3)}
+    rank, world, group = _world()
+    if rank == 0:
+        write_pairs(prefix, ids, lengths, tokens, meta, vocab_size)
+    if world > 1:
+        dist.barrier(group=group)
+        if rank != 0 and not exists(prefix):
+            write_pairs(prefix, ids, lengths, tokens, meta, vocab_size)
+    return PseudoPairs(prefix)
 
 
 def options_meta(options: DecodeOptions) -> dict:

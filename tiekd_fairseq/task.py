@@ -10,14 +10,15 @@ from typing import Optional
 
 import numpy as np
 import torch
-from fairseq.data import ConcatDataset, LanguagePairDataset, ListDataset
+from fairseq import utils
+from fairseq.data import ConcatDataset, LanguagePairDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
 from . import pseudo_targets
 from .errors import ConfigError
-from .pseudo_targets import DecodeOptions
+from .pseudo_targets import DecodeOptions, PseudoPairs, RowSubset
 from .teacher import TeacherEnsemble, load_teachers
 from .unlabeled_pool import load_pool, pseudo_count, resample, shard_indices
 
@@ -125,7 +126,6 @@ class TranslationTieKDTask(TranslationTask):
         self.pool = load_pool(cfg.unlabeled_data, src_dict, cfg.source_lang) if cfg.unlabeled_data else None
         self._pool_sha256 = None
         self._shard_pairs = (None, None)  # (shard number, pairs) of the last decoded shard
-        self._seq_kd_pairs = None
 
     @property
     def teacher(self) -> TeacherEnsemble:
@@ -136,6 +136,14 @@ class TranslationTieKDTask(TranslationTask):
     def build_criterion(self, cfg, **kwargs):
         self.teacher  # load and check it now: bad teachers fail before training starts
         return super().build_criterion(cfg, **kwargs)
+
+    def max_positions(self):
+        """The student's limits, and, once the teacher is loaded (training), the teacher's:
+        fairseq then filters training and validation batches by what both models accept."""
+        limits = super().max_positions()
+        if self._teacher is None:
+            return limits
+        return utils.resolve_max_positions(limits, *(m.max_positions() for m in self._teacher.models))
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
@@ -154,22 +162,23 @@ class TranslationTieKDTask(TranslationTask):
         if 0 < self.cfg.max_epoch < epoch:
             return  # fairseq loads epoch max_epoch+1 before it stops, and never trains on it
         labeled = self.datasets[split]
-        if self.cfg.seq_kd:
-            labeled = self._with_targets(labeled.src, self._seq_kd_targets(labeled), np.arange(len(labeled.src)))
+        if self.cfg.seq_kd:  # decoded per shard of sharded data (--data a:b:c), each its own cache
+            pairs = self._seq_kd_pairs(labeled.src)
+            labeled = self._with_targets(labeled.src, pairs, np.arange(len(pairs)))
             logger.info(f"epoch {epoch:03d}: training on {len(labeled):,} pairs whose targets are the "
-                        f"teacher's translations (--seq-kd)")
+                        f"teacher's translations (--seq-kd, {os.path.basename(pairs.prefix)})")
         if self.pool is None or self.cfg.unlabeled_ratio == 0:
             self.datasets[split] = labeled
             return
         shard = (epoch - 1) // self.cfg.pseudo_refresh_epochs
         pairs = self._pool_pairs(shard)
         n_labeled, n_pseudo = pseudo_count(len(labeled), len(pairs), self.cfg.unlabeled_ratio)
-        keys = np.array(sorted(pairs), dtype=np.int64)[resample(len(pairs), n_pseudo, self.cfg.seed, epoch)]
-        pseudo = self._with_targets(self.pool, pairs, keys)
+        rows = resample(len(pairs), n_pseudo, self.cfg.seed, epoch)  # rows are in source order
+        pseudo = self._with_targets(self.pool, pairs, rows)
         self.datasets[split] = pseudo if n_labeled == 0 else self._concat(labeled, pseudo)
-        fingerprint = pseudo_targets.pairs_sha256(pairs, keys)
+        fingerprint = pseudo_targets.selection_sha256(pairs, rows)
         world = pseudo_targets.check_same_on_all_ranks(fingerprint, f"epoch {epoch} pseudo pairs")
-        logger.info(f"epoch {epoch:03d}: training on {n_labeled:,} labeled + {len(keys):,} pseudo "
+        logger.info(f"epoch {epoch:03d}: training on {n_labeled:,} labeled + {len(rows):,} pseudo "
                     f"pairs (pool shard {shard}, sha256 {fingerprint[:16]}"
                     f"{f', the same on all {world} ranks' if world > 1 else ''})")
 
@@ -180,21 +189,26 @@ class TranslationTieKDTask(TranslationTask):
                              sampling_topk=c.pseudo_sampling_topk, sampling_topp=c.pseudo_sampling_topp,
                              max_tokens=c.pseudo_max_tokens)
 
-    def _cached_decode(self, kind: str, sources, indices, meta: dict, seed: int):
+    def _cached_decode(self, kind: str, sources, indices, meta: dict, seed: int) -> PseudoPairs:
         options = self._decode_options()
+        student = self._student() if self._student is not None else None
+        param = next(student.parameters()) if student is not None else torch.zeros(0)
+        teacher = self.teacher.place(param.device, param.dtype)
         meta = {
             "kind": kind, **meta, "sampling_seed": seed if options.sampling else None,
             "teacher_sha256": [pseudo_targets.file_sha256(p) for p in self.cfg.teacher_path.split(os.pathsep) if p],
             "decoding": pseudo_targets.options_meta(options),
+            # what decides which sources are skipped and how long targets may be, and the
+            # numerics of the teacher's search
+            "max_positions": list(pseudo_targets.max_positions(self, teacher.models)),
+            "teacher_dtype": str(next(teacher.models[0].parameters()).dtype), "device": param.device.type,
         }
         cache_dir = self.cfg.pseudo_cache_dir or os.path.join(self.cfg.save_dir, "pseudo_targets")
-        path = os.path.join(cache_dir, f"{kind}-{pseudo_targets.cache_key(meta)}.tsv")
-        student = self._student() if self._student is not None else None
-        param = next(student.parameters()) if student is not None else torch.zeros(0)
-        teacher = self.teacher.place(param.device, param.dtype)
+        prefix = os.path.join(cache_dir, f"{kind}-{pseudo_targets.cache_key(meta)}")
         return pseudo_targets.cached_decode(
-            path, meta, lambda: pseudo_targets.decode(
-                self, teacher.models, sources, indices, options, param.device, seed, kind), kind)
+            prefix, meta, lambda: pseudo_targets.decode(
+                self, teacher.models, sources, indices, options, param.device, seed, kind),
+            kind, len(self.tgt_dict))
 
     def _pool_pairs(self, shard: int):
         if self._shard_pairs[0] != shard:
@@ -204,24 +218,20 @@ class TranslationTieKDTask(TranslationTask):
                 self._pool_sha256 = pseudo_targets.dataset_sha256(self.pool)
             meta = {"shard": shard, "per_shard": per_shard, "pool_sha256": self._pool_sha256,
                     "walk_seed": self.cfg.seed}
-            pairs = self._cached_decode(f"pool-shard{shard:04d}", self.pool, indices.tolist(), meta,
+            pairs = self._cached_decode(f"pool-shard{shard:04d}", self.pool, indices, meta,
                                         self.cfg.seed + shard)
             self._shard_pairs = (shard, pairs)
         return self._shard_pairs[1]
 
-    def _seq_kd_targets(self, labeled):
-        if self._seq_kd_pairs is None:
-            src = labeled.src
-            meta = {"split": self.cfg.train_subset, "sources_sha256": pseudo_targets.dataset_sha256(src)}
-            self._seq_kd_pairs = self._cached_decode("seq-kd", src, range(len(src)), meta, self.cfg.seed)
-        return self._seq_kd_pairs
+    def _seq_kd_pairs(self, sources) -> PseudoPairs:
+        """The teacher's translations of these labeled sources (the cache key hashes them)."""
+        meta = {"split": self.cfg.train_subset, "sources_sha256": pseudo_targets.dataset_sha256(sources)}
+        return self._cached_decode("seq-kd", sources, np.arange(len(sources)), meta, self.cfg.seed)
 
-    def _with_targets(self, sources, targets, keys) -> LanguagePairDataset:
-        """Pairs (sources[i], targets[i]) for i in keys that have a target."""
-        keys = [int(i) for i in keys if int(i) in targets]
-        src = ListDataset([sources[i] for i in keys], np.array([sources.sizes[i] for i in keys], dtype=np.int64))
-        tgt = ListDataset([targets[i] for i in keys], np.array([len(targets[i]) for i in keys], dtype=np.int64))
-        return self._pair_dataset(src, tgt)
+    def _with_targets(self, sources, pairs: PseudoPairs, rows) -> LanguagePairDataset:
+        """Pairs (source of row j, target of row j) for j in rows, memory-mapped views."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._pair_dataset(RowSubset(sources, pairs.source_index[rows]), RowSubset(pairs.targets, rows))
 
     def _concat(self, a: LanguagePairDataset, b: LanguagePairDataset) -> LanguagePairDataset:
         return self._pair_dataset(ConcatDataset([a.src, b.src]), ConcatDataset([a.tgt, b.tgt]))

@@ -84,3 +84,31 @@ def test_teacher_loaded_once_per_process_and_not_wrapped(runs):
     assert rank0.count("frozen") == 1  # rank 1 logs warnings only
     params = lambda log: re.search(r"num\. shared model params: ([0-9,]+)", log).group(1)
     assert params(rank0) == params(single)  # what DDP wraps is the student alone
+
+
+@pytest.fixture(scope="module")
+def online_runs(toy_data, teacher_checkpoint, tmp_path_factory):
+    pool = utils.make_pool(tmp_path_factory.mktemp("online_pool"), toy_data, n=120)
+    root = tmp_path_factory.mktemp("online")
+
+    def cmd(save, *extra):
+        return utils.train_command(
+            toy_data, root / save, *utils.TINY_ARCH, "--task", "translation_tie_kd",
+            "--teacher-path", teacher_checkpoint, "--criterion", "tie_kd", "--kd-iters", "2",
+            "--unlabeled-data", pool, "--unlabeled-online", "--dropout", "0",
+            "--max-tokens", "600", "--max-update", "2", "--log-interval", "1", *extra)
+
+    single = utils.cli("fairseq-train", *cmd("one", "--update-freq", "2")[1:])
+    return single.stdout + single.stderr, run_ranks(cmd("two"), 2)
+
+
+def test_online_ranks_draw_what_update_freq_draws(online_runs):
+    """Rank r's micro-batch takes slot r, one process's micro-batch m takes slot m: two ranks
+    draw disjoint sentences, and together those of one process at --update-freq 2 (the same
+    first update: loss, gradient norm and pseudo batch size)."""
+    single, (rank0, _) = online_runs
+    one, two = first_update(single), first_update(rank0)
+    for key in one:
+        assert abs(one[key] - two[key]) <= TOLERANCE, (key, one, two)
+    pseudo = lambda log: float(re.search(r"pseudo_bsz=([\d.]+),.*num_updates=1,", log).group(1))
+    assert pseudo(single) == pseudo(rank0) > 0

@@ -204,7 +204,7 @@ def _all_ranks(flag: bool) -> bool:
     return all(flags)
 
 
-class _BeamableAttention:
+class BeamableAttention:
     """fairseq-generate's encoder-attention shortcut (keys computed once per sentence, not per
     beam), switched off again afterwards: it would be wrong in the teacher's KD forward."""
 
@@ -218,6 +218,22 @@ class _BeamableAttention:
     def __exit__(self, *exc):
         for m in self.models:
             m.decoder.set_beam_size(1)
+
+
+def build_generator(task, models, options: DecodeOptions):
+    """fairseq's generator for ``options``, its targets no longer than the student's task and
+    every teacher accept."""
+    return task.build_generator(models, options.generator_args(),
+                                extra_gen_cls_kwargs={"max_len": max_positions(task, models)[1]})
+
+
+@torch.no_grad()
+def translate_batch(task, generator, models, sample, device: torch.device) -> List[torch.Tensor]:
+    """The best hypothesis (on CPU, ending with eos) for each sentence of a collated batch, in
+    the batch's order."""
+    if device.type == "cuda":
+        sample = utils.move_to_cuda(sample, device=device)
+    return [nbest[0]["tokens"].cpu() for nbest in task.inference_step(generator, models, sample)]
 
 
 def max_positions(task, models) -> Tuple[int, int]:
@@ -236,27 +252,22 @@ def decode(task, models, sources, indices: Sequence[int], options: DecodeOptions
     mine = np.asarray(indices, dtype=np.int64)[rank::world]
     src = RowSubset(sources, mine)
     dataset = LanguagePairDataset(src, src.sizes, task.source_dictionary, shuffle=False)
-    max_source, max_target = max_positions(task, models)
     order = dataset.ordered_indices()
-    fits = order[src.sizes[order] <= max_source]
+    fits = order[src.sizes[order] <= max_positions(task, models)[0]]
     skipped = len(order) - len(fits)
     batches = dataset.batch_by_size(fits, max_tokens=options.max_tokens, required_batch_size_multiple=1)
-    generator = task.build_generator(models, options.generator_args(),
-                                     extra_gen_cls_kwargs={"max_len": max_target})
+    generator = build_generator(task, models, options)
 
     ids, lengths, tokens = [], [], []  # per batch: compact arrays, not per-pair Python objects
     start, done, next_report = time.time(), 0, max(1, len(fits) // 10)
-    with utils.set_torch_seed(seed * 1009 + rank), torch.no_grad(), _BeamableAttention(models, options.beam):
+    with utils.set_torch_seed(seed * 1009 + rank), BeamableAttention(models, options.beam):
         for batch in batches:
             sample = dataset.collater([dataset[i] for i in batch])
-            if device.type == "cuda":
-                sample = utils.move_to_cuda(sample, device=device)
-            hypos = task.inference_step(generator, models, sample)
-            best = [nbest[0]["tokens"].cpu() for nbest in hypos]
+            best = translate_batch(task, generator, models, sample, device)
             ids.append(mine[sample["id"].cpu().numpy()])
             lengths.append(np.array([len(t) for t in best], dtype=np.int64))
             tokens.append(torch.cat(best).numpy().astype(np.int32))
-            done += len(hypos)
+            done += len(best)
             if done >= next_report or done == len(fits):
                 next_report += max(1, len(fits) // 10)
                 logger.info(f"{name}: teacher decoded {done}/{len(fits)} sentences"

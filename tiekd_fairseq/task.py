@@ -4,20 +4,23 @@ the sequence-level KD baseline, in place of the labeled targets."""
 
 import logging
 import os
+import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
 from fairseq import utils
 from fairseq.data import ConcatDataset, LanguagePairDataset
+from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
 from . import pseudo_targets
 from .errors import ConfigError
+from .online import OnlinePseudoPairs
 from .pseudo_targets import DecodeOptions, PseudoPairs, RowSubset
 from .teacher import TeacherEnsemble, load_teachers
 from .unlabeled_pool import load_pool, pseudo_count, resample, shard_indices
@@ -57,15 +60,27 @@ class TranslationTieKDConfig(TranslationConfig):
                   "pairs are resampled to that share of the labeled ones (1: pseudo pairs only, "
                   "0: pool unused). Default: each pair once"},
     )
-    pseudo_refresh_epochs: int = field(
-        default=1, metadata={"help": "decode a new pool shard every K epochs"}
+    pseudo_refresh_epochs: Optional[int] = field(
+        default=None, metadata={"help": "decode a new pool shard every K epochs (default: 1)"}
+    )
+    unlabeled_online: bool = field(
+        default=False,
+        metadata={"help": "online pseudo-targets: every update draws --unlabeled-online-max-tokens "
+                  "source tokens from the pool, the teacher translates them then (greedy unless "
+                  "--pseudo-beam/--pseudo-sampling) and they join that update's batch; no cache"},
+    )
+    unlabeled_online_max_tokens: Optional[int] = field(
+        default=None,
+        metadata={"help": "pool source tokens drawn per update, per rank and micro-batch "
+                  "(default: a quarter of --max-tokens)"},
     )
     seq_kd: bool = field(
         default=False,
         metadata={"help": "sequence-level KD (Kim & Rush 2016): replace the labeled targets by "
                   "the teacher's translations of their sources, decoded once and cached"},
     )
-    pseudo_beam: int = field(default=4, metadata={"help": "teacher's beam size for pseudo-targets"})
+    pseudo_beam: Optional[int] = field(
+        default=None, metadata={"help": "teacher's beam size for pseudo-targets (default: 4; 1 with --unlabeled-online)"})
     pseudo_lenpen: float = field(default=1.0, metadata={"help": "length penalty (fairseq-generate --lenpen)"})
     pseudo_max_len_a: float = field(default=1.2, metadata={"help": "pseudo-targets have at most a*src_len+b tokens"})
     pseudo_max_len_b: int = field(default=10, metadata={"help": "see --pseudo-max-len-a"})
@@ -83,6 +98,9 @@ class TranslationTieKDConfig(TranslationConfig):
     )
     # Read from the rest of fairseq's config (no command-line option of their own).
     seed: int = II("common.seed")
+    max_tokens: Optional[int] = II("dataset.max_tokens")
+    update_freq: List[int] = II("optimization.update_freq")
+    ddp_backend: str = II("distributed_training.ddp_backend")
     save_dir: str = II("checkpoint.save_dir")
     max_epoch: int = II("optimization.max_epoch")
 
@@ -95,17 +113,32 @@ def _check_options(cfg: TranslationTieKDConfig):
         bad("unlabeled-per-epoch", cfg.unlabeled_per_epoch, "a positive number of sentences")
     if cfg.unlabeled_ratio is not None and not 0 <= cfg.unlabeled_ratio <= 1:
         bad("unlabeled-ratio", cfg.unlabeled_ratio, "in [0, 1]")
-    if cfg.pseudo_refresh_epochs < 1:
+    if cfg.pseudo_refresh_epochs is not None and cfg.pseudo_refresh_epochs < 1:
         bad("pseudo-refresh-epochs", cfg.pseudo_refresh_epochs, ">= 1")
-    if cfg.pseudo_beam < 1:
+    if cfg.pseudo_beam is not None and cfg.pseudo_beam < 1:
         bad("pseudo-beam", cfg.pseudo_beam, ">= 1")
+    if cfg.unlabeled_online_max_tokens is not None and cfg.unlabeled_online_max_tokens < 1:
+        bad("unlabeled-online-max-tokens", cfg.unlabeled_online_max_tokens, ">= 1")
     if cfg.pseudo_max_tokens < 1:
         bad("pseudo-max-tokens", cfg.pseudo_max_tokens, ">= 1")
     if not cfg.unlabeled_data:
         for option, value in (("unlabeled-per-epoch", cfg.unlabeled_per_epoch),
-                              ("unlabeled-ratio", cfg.unlabeled_ratio)):
+                              ("unlabeled-ratio", cfg.unlabeled_ratio),
+                              ("unlabeled-online", cfg.unlabeled_online or None)):
             if value is not None:
                 raise ConfigError(f"--{option} needs an unlabeled pool: add --unlabeled-data POOL_DIR")
+    if cfg.unlabeled_online:
+        for option, value in (("unlabeled-per-epoch", cfg.unlabeled_per_epoch),
+                              ("unlabeled-ratio", cfg.unlabeled_ratio),
+                              ("pseudo-refresh-epochs", cfg.pseudo_refresh_epochs)):
+            if value is not None:
+                raise ConfigError(f"--{option} is an option of the per-epoch pool; with --unlabeled-online "
+                                  f"each update draws --unlabeled-online-max-tokens source tokens instead")
+        if cfg.unlabeled_online_max_tokens is None and not cfg.max_tokens:
+            raise ConfigError("--unlabeled-online needs --unlabeled-online-max-tokens when there is no "
+                              "--max-tokens to take a quarter of")
+    elif cfg.unlabeled_online_max_tokens is not None:
+        raise ConfigError("--unlabeled-online-max-tokens needs --unlabeled-online")
 
 
 @register_task("translation_tie_kd", dataclass=TranslationTieKDConfig)
@@ -126,6 +159,8 @@ class TranslationTieKDTask(TranslationTask):
         self.pool = load_pool(cfg.unlabeled_data, src_dict, cfg.source_lang) if cfg.unlabeled_data else None
         self._pool_sha256 = None
         self._shard_pairs = (None, None)  # (shard number, pairs) of the last decoded shard
+        self._online_pairs = None
+        self._online_step = (None, 0)  # (update, micro-batches seen): a slot for each micro-batch
 
     @property
     def teacher(self) -> TeacherEnsemble:
@@ -134,6 +169,10 @@ class TranslationTieKDTask(TranslationTask):
         return self._teacher
 
     def build_criterion(self, cfg, **kwargs):
+        if self.cfg.ddp_backend == "fully_sharded" and getattr(cfg, "kd_iters", 1) > 1:
+            raise ConfigError("--ddp-backend fully_sharded with --kd-iters > 1 is not supported: passes "
+                              "after the first call the student's decoder outside FSDP's forward, where "
+                              "its parameters are sharded; use --ddp-backend pytorch_ddp (or --kd-iters 1)")
         self.teacher  # load and check it now: bad teachers fail before training starts
         return super().build_criterion(cfg, **kwargs)
 
@@ -152,12 +191,17 @@ class TranslationTieKDTask(TranslationTask):
 
     def has_sharded_data(self, split):
         # Makes fairseq-train call load_dataset every epoch, so each epoch gets its shard.
-        return bool(self.cfg.unlabeled_data) or super().has_sharded_data(split)
+        return self._epoch_pool is not None or super().has_sharded_data(split)
+
+    @property
+    def _epoch_pool(self):
+        """The pool when it is decoded per epoch (not online)."""
+        return None if self.cfg.unlabeled_online else self.pool
 
     # -- training data -------------------------------------------------------------------
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
-        if split != self.cfg.train_subset or not (self.pool is not None or self.cfg.seq_kd):
+        if split != self.cfg.train_subset or not (self._epoch_pool is not None or self.cfg.seq_kd):
             return
         if 0 < self.cfg.max_epoch < epoch:
             return  # fairseq loads epoch max_epoch+1 before it stops, and never trains on it
@@ -167,10 +211,10 @@ class TranslationTieKDTask(TranslationTask):
             labeled = self._with_targets(labeled.src, pairs, np.arange(len(pairs)))
             logger.info(f"epoch {epoch:03d}: training on {len(labeled):,} pairs whose targets are the "
                         f"teacher's translations (--seq-kd, {os.path.basename(pairs.prefix)})")
-        if self.pool is None or self.cfg.unlabeled_ratio == 0:
+        if self._epoch_pool is None or self.cfg.unlabeled_ratio == 0:
             self.datasets[split] = labeled
             return
-        shard = (epoch - 1) // self.cfg.pseudo_refresh_epochs
+        shard = (epoch - 1) // (self.cfg.pseudo_refresh_epochs or 1)
         pairs = self._pool_pairs(shard)
         n_labeled, n_pseudo = pseudo_count(len(labeled), len(pairs), self.cfg.unlabeled_ratio)
         rows = resample(len(pairs), n_pseudo, self.cfg.seed, epoch)  # rows are in source order
@@ -182,9 +226,53 @@ class TranslationTieKDTask(TranslationTask):
                     f"pairs (pool shard {shard}, sha256 {fingerprint[:16]}"
                     f"{f', the same on all {world} ranks' if world > 1 else ''})")
 
+    # -- online pseudo-targets ------------------------------------------------------------
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if not self.cfg.unlabeled_online:
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        start = time.perf_counter()
+        rank, world, _ = pseudo_targets._world()
+        if self._online_step[0] != update_num:  # a new update: its first micro-batch
+            self._online_step = (update_num, 0)
+        micro = self._online_step[1]
+        self._online_step = (update_num, micro + 1)
+        param = next(model.parameters())
+        teacher = self.teacher.place(param.device, param.dtype)
+        sample, sentences, tokens = self._online().extend(
+            sample, update_num, micro * world + rank, teacher.models, param.device)
+        decoded = time.perf_counter()
+        loss, sample_size, logging_output = super().train_step(
+            sample, model, criterion, optimizer, update_num, ignore_grad)
+        logging_output.update(pseudo_sentences=sentences, pseudo_tokens=tokens,
+                              pseudo_decode_seconds=decoded - start,
+                              step_seconds=time.perf_counter() - start)
+        return loss, sample_size, logging_output
+
+    def _online(self) -> OnlinePseudoPairs:
+        if self._online_pairs is None:
+            _, world, _ = pseudo_targets._world()
+            tokens = self.cfg.unlabeled_online_max_tokens or max(1, self.cfg.max_tokens // 4)
+            self._online_pairs = OnlinePseudoPairs(self, self.pool, tokens, world * self.cfg.update_freq[0],
+                                                   self.cfg.seed, self._decode_options())
+            logger.info(f"online pseudo-targets: {tokens:,} pool source tokens per rank and micro-batch "
+                        f"at every update, beam {self._decode_options().beam}"
+                        f"{', sampled' if self.cfg.pseudo_sampling else ''}")
+        return self._online_pairs
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        if any("pseudo_sentences" in log for log in logging_outputs):
+            def total(key):
+                return sum(float(log.get(key, 0)) for log in logging_outputs)
+            metrics.log_scalar("pseudo_bsz", total("pseudo_sentences"), priority=191, round=1)
+            metrics.log_scalar("pseudo_wpb", total("pseudo_tokens"), priority=181, round=1)
+            metrics.log_scalar("decode_share", total("pseudo_decode_seconds") / max(total("step_seconds"), 1e-9),
+                               total("step_seconds"), round=3)
+
     def _decode_options(self) -> DecodeOptions:
         c = self.cfg
-        return DecodeOptions(beam=c.pseudo_beam, lenpen=c.pseudo_lenpen, max_len_a=c.pseudo_max_len_a,
+        beam = c.pseudo_beam or (1 if c.unlabeled_online else 4)
+        return DecodeOptions(beam=beam, lenpen=c.pseudo_lenpen, max_len_a=c.pseudo_max_len_a,
                              max_len_b=c.pseudo_max_len_b, sampling=c.pseudo_sampling,
                              sampling_topk=c.pseudo_sampling_topk, sampling_topp=c.pseudo_sampling_topp,
                              max_tokens=c.pseudo_max_tokens)

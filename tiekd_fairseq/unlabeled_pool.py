@@ -90,3 +90,42 @@ def resample(n_available: int, count: int, seed: int, epoch: int) -> np.ndarray:
     with data_utils.numpy_seed(seed, epoch, 1):
         extra = np.random.permutation(n_available)[:rest]
     return np.concatenate([np.tile(np.arange(n_available), whole), np.sort(extra)])
+
+
+class OnlineWalk:
+    """Which pool sentences each update draws in online mode: a pure function of (seed, update,
+    slot), so a restarted run draws what the uninterrupted one would, and slots draw disjoint
+    sentences.
+
+    The walk is ``shard_indices``' endless seeded walk, laid out on a token axis: slot ``s`` of
+    update ``u`` (``slots_per_update`` slots an update: ranks x micro-batches) owns the tokens
+    ``[(u * slots_per_update + s) * T, ... + T)`` and draws the sentences that start there.
+    """
+
+    def __init__(self, sizes: np.ndarray, tokens_per_slot: int, slots_per_update: int, seed: int):
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.pass_tokens = int(self.sizes.sum())
+        self.tokens_per_slot = tokens_per_slot
+        self.slots_per_update = slots_per_update
+        self.seed = seed
+        self._pass = (None, None, None)  # (pass number, order, token offset of each position)
+
+    def _walk_pass(self, p: int):
+        if self._pass[0] != p:
+            with data_utils.numpy_seed(self.seed, p):
+                order = np.random.permutation(len(self.sizes))
+            starts = np.cumsum(self.sizes[order]) - self.sizes[order]
+            self._pass = (p, order, starts)
+        return self._pass[1], self._pass[2]
+
+    def draw(self, update: int, slot: int) -> np.ndarray:
+        """Pool indices of the sentences that slot ``slot`` of update ``update`` trains on."""
+        lo = (update * self.slots_per_update + slot) * self.tokens_per_slot
+        hi = lo + self.tokens_per_slot
+        out = []
+        for p in range(lo // self.pass_tokens, (hi - 1) // self.pass_tokens + 1):
+            order, starts = self._walk_pass(p)
+            base = p * self.pass_tokens
+            first, last = np.searchsorted(starts, [lo - base, hi - base], side="left")
+            out.append(order[first:last])
+        return np.concatenate(out)

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Write docs/results.md (and a capacity-gap plot) from the JSON records of a grid run by
+"""Write docs/results.md (and its plots) from the JSON records of grids run by
 examples/run_grid.py: tiekd-eval's ``eval-*.json`` and the runner's ``train.json`` per run.
 
-usage: python examples/results_table.py [--work work/grid] [--out docs/results.md]
-Nothing in the tables is typed by hand: rerun this after the grid to regenerate them.
+usage: python examples/results_table.py --work WORK/en-de [--work WORK/en-fr ...] [--out docs/results.md]
+The first --work is the main language pair (sizes, equal-compute baselines, capacity gap); the
+others are reported as further pairs. Nothing in the tables is typed by hand: rerun this after
+the grid to regenerate them.
 """
 import argparse
 import glob
 import json
-import math
 import os
 import statistics
 from collections import defaultdict
@@ -19,7 +20,10 @@ METHOD_NAMES = {  # display order
     "seq_kd": "seq-KD",
     "tie_kd": "TIE-KD",
     "tie_kd_pool": "TIE-KD + pool",
+    "ce_eqtime": "CE, TIE-KD's CPU time",
+    "word_kd_eqtime": "word-KD, TIE-KD's CPU time",
 }
+EQTIME = "_eqtime"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = ("TIE-KD gains +1.04 (WMT'14 en-de), +0.60 (en-fr) and +1.11 (WMT'16 en-ro) BLEU over the "
          "student trained without KD, beats vanilla word-level KD on all three, and its gain holds "
@@ -32,14 +36,23 @@ def load_records(work):
     """One dict per evaluated student run: tiekd-eval's record plus the runner's train.json."""
     records = []
     for path in sorted(glob.glob(os.path.join(work, "runs", "*", "eval-*.json"))):
-        with open(path) as f:
-            record = json.load(f)
-        train = os.path.join(os.path.dirname(path), "train.json")
-        if os.path.exists(train):
-            with open(train) as f:
-                record.update({k: v for k, v in json.load(f).items() if k not in record})
-        records.append(record)
+        records.append(_with_train_record(path))
     return records
+
+
+def _with_train_record(eval_path):
+    with open(eval_path) as f:
+        record = json.load(f)
+    train = os.path.join(os.path.dirname(eval_path), "train.json")
+    if os.path.exists(train):
+        with open(train) as f:
+            record.update({k: v for k, v in json.load(f).items() if k not in record})
+    return record
+
+
+def load_teacher(work):
+    found = glob.glob(os.path.join(work, "teacher", "eval-*.json"))
+    return _with_train_record(found[0]) if found else None
 
 
 def mean_sd(values):
@@ -56,9 +69,10 @@ def summarize(records):
         groups[(r["size"], r["method"])].append(r)
     summary = {}
     for key, runs in groups.items():
-        s = {"seeds": sorted(r["seed"] for r in runs), "params": runs[0]["params"]}
-        for field in ("bleu", "chrf", "teacher_top1_agree", "train_seconds", "updates_per_second",
-                      "peak_rss_mib", "num_updates"):
+        s = {"seeds": sorted(r["seed"] for r in runs), "params": runs[0]["params"],
+             "stopped_by_patience": sum(r.get("stopped") == "patience" for r in runs)}
+        for field in ("bleu", "chrf", "teacher_top1_agree", "train_seconds", "cpu_seconds", "updates_per_second",
+                      "peak_rss_mib", "num_updates", "best_valid_loss"):
             s[field], s[field + "_sd"] = mean_sd([r.get(field) for r in runs])
         summary[key] = s
     for (size, method), s in summary.items():  # gains of the mean BLEU (and chrF) over the baselines
@@ -85,7 +99,7 @@ def paired_bootstrap(records, system="tie_kd", baseline="word_kd", n_samples=100
                           {"BLEU": BLEU(references=[refs]), "chrF": CHRF(references=[refs])},
                           references=None, test_type="bs", n_samples=n_samples)
         signatures, scores = test()
-        rows.append({"size": size, "seed": seed, **{
+        rows.append({"size": size, "seed": seed, "baseline": baseline, **{
             name: {"baseline": scores[name][0].score, "system": scores[name][1].score,
                    "p_value": scores[name][1].p_value, "signature": str(sig)}
             for name, sig in signatures.items()}})
@@ -107,16 +121,22 @@ def signed(x):
     return "—" if x is None else f"{x:+.2f}"
 
 
+def hours(seconds):
+    return None if seconds is None else seconds / 3600
+
+
 def sizes_in_order(summary):
-    return sorted({size for size, _ in summary}, key=lambda size: min(s["params"] for (z, _), s in summary.items() if z == size))
+    return sorted({size for size, _ in summary},
+                  key=lambda size: min(s["params"] for (z, _), s in summary.items() if z == size))
 
 
-def results_table(summary):
+def results_table(summary, methods=None):
     lines = ["| student | params | method | seeds | BLEU | chrF | Δ BLEU vs CE | Δ BLEU vs word-KD "
-             "| teacher top-1 agree | train min | updates/s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| updates | stopped by patience | best valid CE (bits) | teacher top-1 agree | CPU-h | wall h "
+             "| peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in sizes_in_order(summary):
-        for method in METHOD_NAMES:
+        for method in methods or METHOD_NAMES:
             s = summary.get((size, method))
             if s is None:
                 continue
@@ -124,19 +144,28 @@ def results_table(summary):
                 f"| {size} | {s['params'] / 1e6:.2f}M | {METHOD_NAMES[method]} | {len(s['seeds'])} "
                 f"| {fmt(s['bleu'], s['bleu_sd'])} | {fmt(s['chrf'], s['chrf_sd'])} "
                 f"| {signed(s['gain_over_ce'])} | {signed(s['gain_over_word_kd'])} "
-                f"| {fmt(s['teacher_top1_agree'], digits=3)} | {fmt(s['train_seconds'] / 60, digits=1)} "
-                f"| {fmt(s['updates_per_second'])} | {fmt(s['peak_rss_mib'], digits=0)} |")
+                f"| {fmt(s['num_updates'], digits=0)} | {s['stopped_by_patience']} of {len(s['seeds'])} "
+                f"| {fmt(s['best_valid_loss'], digits=3)} | {fmt(s['teacher_top1_agree'], digits=3)} "
+                f"| {fmt(hours(s['cpu_seconds']))} | {fmt(hours(s['train_seconds']))} "
+                f"| {fmt(s['peak_rss_mib'], digits=0)} |")
     return "\n".join(lines)
 
 
 def bootstrap_table(rows):
-    lines = ["| student | seed | word-KD BLEU | TIE-KD BLEU | p (BLEU) | word-KD chrF | TIE-KD chrF | p (chrF) |",
+    base = METHOD_NAMES[rows[0]["baseline"]] if rows else "baseline"
+    lines = [f"| student | seed | {base} BLEU | TIE-KD BLEU | p (BLEU) | {base} chrF | TIE-KD chrF | p (chrF) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b, c = r["BLEU"], r["chrF2"]
         lines.append(f"| {r['size']} | {r['seed']} | {b['baseline']:.2f} | {b['system']:.2f} | {b['p_value']:.4f} "
                      f"| {c['baseline']:.2f} | {c['system']:.2f} | {c['p_value']:.4f} |")
     return "\n".join(lines)
+
+
+def wins(rows, size, metric):
+    """Seeds where TIE-KD is significantly better (p < 0.05), out of the seeds compared."""
+    sig = [r for r in rows if r["size"] == size]
+    return sum(r[metric]["p_value"] < 0.05 and r[metric]["system"] > r[metric]["baseline"] for r in sig), len(sig)
 
 
 def capacity_gap_plot(summary, teacher_params, path):
@@ -147,12 +176,12 @@ def capacity_gap_plot(summary, teacher_params, path):
     sizes = sizes_in_order(summary)
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in METHOD_NAMES:
-        if method == "ce":
+        if method == "ce" or method.endswith(EQTIME):
             continue
         points = [(teacher_params / summary[(z, method)]["params"], summary[(z, method)]["gain_over_ce"])
                   for z in sizes if (z, method) in summary and summary[(z, method)]["gain_over_ce"] is not None]
         if points:
-            ax.plot(*zip(*points), marker="o", label=METHOD_NAMES[method])
+            ax.plot(*zip(*sorted(points)), marker="o", label=METHOD_NAMES[method])
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("capacity gap: teacher params / student params")
     ax.set_ylabel("BLEU gain over the CE student")
@@ -163,123 +192,246 @@ def capacity_gap_plot(summary, teacher_params, path):
     plt.close(fig)
 
 
-def findings(summary, boot):
+def compute_plot(summary, path):
+    """BLEU against training CPU-hours: a line per method through its runs' means (every size,
+    and for CE and word-KD the runs given TIE-KD's CPU time), labelled by size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in METHOD_NAMES:
+        if method.endswith(EQTIME):
+            continue
+        points = sorted((hours(s["cpu_seconds"]), s["bleu"], f"{z}{' (TIE-KD time)' if m.endswith(EQTIME) else ''}")
+                        for (z, m), s in summary.items()
+                        if m in (method, method + EQTIME) and s["cpu_seconds"] is not None)
+        if not points:
+            continue
+        line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=METHOD_NAMES[method])
+        for x, y, label in points:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                        color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("training CPU-hours per run (log scale; mean over seeds)")
+    ax.set_ylabel("test BLEU (mean over seeds)")
+    ax.set_title("Quality against training compute")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def equal_compute_table(summary, size):
+    rows = ["| method | updates | CPU-h | BLEU | chrF | Δ BLEU vs TIE-KD |", "|---|---|---|---|---|---|"]
+    tie = summary.get((size, "tie_kd"))
+    for method in ("ce", "ce_eqtime", "word_kd", "word_kd_eqtime", "tie_kd"):
+        s = summary.get((size, method))
+        if s is None:
+            continue
+        delta = None if tie is None or method == "tie_kd" else s["bleu"] - tie["bleu"]
+        rows.append(f"| {METHOD_NAMES[method]} | {fmt(s['num_updates'], digits=0)} | {fmt(hours(s['cpu_seconds']))} "
+                    f"| {fmt(s['bleu'], s['bleu_sd'])} | {fmt(s['chrf'], s['chrf_sd'])} | {signed(delta)} |")
+    return "\n".join(rows)
+
+
+def findings(summary, boot_word, boot_ce, main_size=None, teacher=None):
     """Plain statements of what the numbers say, against the paper's claims."""
     out = []
-    for size in sizes_in_order(summary):
+    sizes = sizes_in_order(summary)
+    for size in sizes:
         tie, word, ce = (summary.get((size, m)) for m in ("tie_kd", "word_kd", "ce"))
         if tie and ce:
             verdict = "within" if 0.6 <= tie["gain_over_ce"] <= 1.1 else (
                 "above" if tie["gain_over_ce"] > 1.1 else "below")
+            won, n = wins(boot_ce, size, "BLEU")
             out.append(f"- **{size}**: TIE-KD vs CE {signed(tie['gain_over_ce'])} BLEU "
-                       f"({verdict} the paper's +0.6 to +1.1), {signed(tie['chrf_gain_over_ce'])} chrF.")
+                       f"({verdict} the paper's +0.6 to +1.1), {signed(tie['chrf_gain_over_ce'])} chrF"
+                       + (f"; significantly better by BLEU in {won} of {n} seeds." if n else "."))
         if tie and word:
-            sig = [r for r in boot if r["size"] == size]
-            def wins(metric):
-                return sum(r[metric]["p_value"] < 0.05 and r[metric]["system"] > r[metric]["baseline"] for r in sig)
+            won_b, n = wins(boot_word, size, "BLEU")
+            won_c, _ = wins(boot_word, size, "chrF2")
             out.append(f"- **{size}**: TIE-KD vs word-KD {signed(tie['gain_over_word_kd'])} BLEU, "
                        f"{signed(tie['chrf_gain_over_word_kd'])} chrF; TIE-KD is significantly better "
-                       f"(paired bootstrap, p < 0.05) in {wins('BLEU')} of {len(sig)} seeds by BLEU and "
-                       f"{wins('chrF2')} of {len(sig)} by chrF.")
-        best = max((s["bleu"], m) for (z, m), s in summary.items() if z == size)
+                       f"(paired bootstrap, p < 0.05) in {won_b} of {n} seeds by BLEU and "
+                       f"{won_c} of {n} by chrF.")
+        best = max((s["bleu"], m) for (z, m), s in summary.items() if z == size and not m.endswith(EQTIME))
         out.append(f"- **{size}**: best method by mean BLEU: {METHOD_NAMES[best[1]]} ({best[0]:.2f}).")
-    sizes = sizes_in_order(summary)
     if len(sizes) > 1:
         for method in METHOD_NAMES:
+            if method.endswith(EQTIME):
+                continue
             gains = [(z, summary[(z, method)]["gain_over_ce"]) for z in sizes
                      if (z, method) in summary and summary[(z, method)]["gain_over_ce"] is not None]
             if len(gains) > 1:
-                out.append(f"- Gain over CE by student size, {METHOD_NAMES[method]}: "
-                           + ", ".join(f"{z} {signed(g)}" for z, g in gains) + ".")
+                out.append(f"- Gain over CE by student size (smallest first, i.e. largest gap first), "
+                           f"{METHOD_NAMES[method]}: " + ", ".join(f"{z} {signed(g)}" for z, g in gains) + ".")
+        tie = [summary[(z, "tie_kd")]["gain_over_word_kd"] for z in sizes
+               if (z, "tie_kd") in summary and summary[(z, "tie_kd")]["gain_over_word_kd"] is not None]
+        if len(tie) == len(sizes):
+            out.append(f"- Capacity gap: TIE-KD's margin over word-KD at the sizes above is "
+                       + ", ".join(f"{g:+.2f}" for g in tie) + " BLEU; it "
+                       + ("stays positive at every gap." if min(tie) > 0 else "is not positive at every gap."))
+    if main_size:
+        tie, ce_eq, word_eq = (summary.get((main_size, m)) for m in ("tie_kd", "ce_eqtime", "word_kd_eqtime"))
+        for base in (ce_eq, word_eq):
+            if tie and base:
+                name = "CE" if base is ce_eq else "word-KD"
+                delta = tie["bleu"] - base["bleu"]
+                out.append(f"- **Equal compute ({main_size})**: a {name} student given the TIE-KD student's CPU "
+                           f"time ({fmt(hours(base['cpu_seconds']))} vs {fmt(hours(tie['cpu_seconds']))} CPU-h, "
+                           f"{fmt(base['num_updates'], digits=0)} updates instead of {fmt(tie['num_updates'], digits=0)}) "
+                           f"scores {fmt(base['bleu'], base['bleu_sd'])} BLEU: TIE-KD is "
+                           f"{'ahead' if delta > 0 else 'behind'} by {abs(delta):.2f} BLEU "
+                           f"({tie['chrf'] - base['chrf']:+.2f} chrF).")
+    if teacher:
+        out.append(f"- The teacher scores {teacher['bleu']:.2f} BLEU; the best student "
+                   f"{max(s['bleu'] for s in summary.values()):.2f}.")
     return "\n".join(out)
 
 
-def render(work, records, summary, boot, plot_name):
-    teacher = None
-    teacher_evals = glob.glob(os.path.join(work, "teacher", "eval-*.json"))
-    if teacher_evals:
-        with open(teacher_evals[0]) as f:
-            teacher = json.load(f)
+def how_it_was_run(work, records):
     grid_json = os.path.join(work, "grid.json")
     grid = json.load(open(grid_json)) if os.path.exists(grid_json) else {}
+    one = records[0]
+    cpu = sum(r.get("cpu_seconds") or 0 for r in records) / 3600
+    lines = []
+    if grid:
+        lines += [f"- Command: `{grid.get('command')}`: {grid.get('wall_minutes', float('nan')) / 60:.1f} h from the "
+                  f"first invocation's start to the last one's end ({len(grid.get('invocations', []))} invocations; "
+                  "re-running it skips what is done); the students' training took "
+                  f"{cpu:.1f} CPU-hours in all.",
+                  f"- Machine: {grid.get('machine')}; torch {grid.get('torch')}, fairseq {grid.get('fairseq')}, "
+                  f"sacreBLEU {one.get('sacrebleu_version')}; commit {grid.get('commit')}; {grid.get('jobs')} runs "
+                  f"trained at once, {grid.get('threads')} torch thread(s) each.",
+                  f"- Data: {grid.get('data_note', '')}"]
+    lines += [f"- Evaluation: average of the last {len(one['checkpoints'])} checkpoints (`tiekd-eval "
+              f"--average-last {len(one['checkpoints'])}`), beam {one['beam']}, lenpen {one['lenpen']}, "
+              f"SentencePiece undone, sacreBLEU on the {one['n']:,}-sentence test set; BLEU `{one['bleu_signature']}`, "
+              f"chrF `{one['chrf_signature']}`."]
+    return "\n".join(lines)
+
+
+def teacher_line(teacher):
+    if not teacher:
+        return ""
+    stopped = {"patience": "stopped by patience", "max_update": "stopped at its update cap"}.get(teacher.get("stopped"), "")
+    cpu = f", {hours(teacher['cpu_seconds']):.2f} CPU-h" if teacher.get("cpu_seconds") else ""
+    return (f"Teacher (`{teacher['arch']}`, {teacher['params'] / 1e6:.2f}M params, {teacher['num_updates']:,} updates, "
+            f"{stopped}{cpu}; distilled from the average of its last {len(teacher['checkpoints'])} checkpoints): "
+            f"**BLEU {teacher['bleu']:.2f}, chrF {teacher['chrf']:.2f}**.")
+
+
+def commands(work, records):
     example = {}
     for r in records:
         example.setdefault(r["method"], r.get("command"))
-    one = records[0]
-    parts = ["# Results: TIE-KD vs CE, word-KD and seq-KD students, measured", "",
-             "Generated by `python examples/results_table.py` from the JSON records of "
-             "`python examples/run_grid.py` (tiekd-eval's `eval-*.json` and the runner's `train.json` "
-             "per run). Do not edit by hand.", ""]
-    if grid:
-        parts += ["## How it was run", "",
-                  f"- Command: `{grid.get('command')}`: {grid.get('wall_minutes', float('nan')):.0f} min from the first "
-                  f"invocation's start to the last one's end ({len(grid.get('invocations', []))} invocations; "
-                  "re-running it skips what is done).",
-                  f"- Machine: {grid.get('machine')}; torch {grid.get('torch')}, fairseq {grid.get('fairseq')}, "
-                  f"sacreBLEU {one.get('sacrebleu_version')}; commit {grid.get('commit')}.",
-                  f"- Data: {grid.get('data_note', '')}",
-                  f"- Evaluation: average of the checkpoints {', '.join(one['checkpoints'])} (`tiekd-eval "
-                  f"--average-last {len(one['checkpoints'])}`), beam {one['beam']}, lenpen {one['lenpen']}, "
-                  f"SentencePiece undone, sacreBLEU on the {one['n']:,}-sentence test set.",
-                  f"- BLEU signature: `{one['bleu_signature']}`; chrF signature: `{one['chrf_signature']}`.",
-                  "- Train time, updates/s and peak RSS are per run, with "
-                  f"{grid.get('jobs')} runs training at once, {grid.get('threads')} torch thread(s) each "
-                  "(the teacher had all threads). Teacher top-1 agreement: share of test reference positions "
-                  "where the averaged student's argmax equals the teacher's, both fed the reference prefix.", ""]
-    if teacher:
-        parts += [f"Teacher (`{teacher['arch']}`, {teacher['params'] / 1e6:.2f}M params, {teacher['num_updates']} "
-                  f"updates): **BLEU {teacher['bleu']:.2f}, chrF {teacher['chrf']:.2f}**.", ""]
-    parts += ["## BLEU and chrF, mean ± sd over seeds", "", results_table(summary), "",
-              "Δ columns: difference of the mean BLEU. Every student has the same update budget.", ""]
-    if boot:
-        parts += ["## TIE-KD vs word-KD: paired bootstrap (sacreBLEU `--paired-bs`, 1000 resamples)", "",
-                  bootstrap_table(boot), "", f"Signature: `{boot[0]['BLEU']['signature']}`", ""]
-    if plot_name:
-        parts += ["## Capacity gap", "", f"![BLEU gain over CE vs capacity gap]({plot_name})", ""]
-    parts += ["## Against the paper", "", f"The paper reports {PAPER}.", "", findings(summary, boot), ""]
-    parts += ["## Read with care", "",
-              "- Scale: a 20k-pair corpus, students trained for about one epoch, a teacher that is itself "
-              "weak; the paper's models have 100-200x more parameters and train for 250x more (and larger) updates. A method that helps "
-              "an under-trained student here may not help a converged one, and the reverse.",
-              "- Costs: wall times come from runs that shared the 2 cores with another run (and at times "
-              "with the test suite), so they are comparable only roughly; `docs/performance.md` has "
-              "the per-step costs measured alone (tie_kd N=1: 1.87x a CE step, N=3: 4.49x).",
-              "- seq-KD's time includes the teacher translating the training set in its first run only "
-              "(the others reuse the shared cache, `--pseudo-cache-dir`); TIE-KD + pool's includes "
-              "translating a pool shard each epoch.",
-              "- sd is the sample standard deviation over seeds; with 3 seeds it is itself uncertain.", ""]
-    parts += ["## Commands per method (first run of each; WORK is the runner's `--work`)", ""]
+    parts = []
     for method in METHOD_NAMES:
         if example.get(method):
             command = example[method].replace(os.path.abspath(work) + "/", "WORK/").replace(REPO + "/", "")
             parts += [f"- {METHOD_NAMES[method]}:", "", f"  ```\n  {command}\n  ```", ""]
+    return parts
+
+
+def pair_name(work):
+    grid_json = os.path.join(work, "grid.json")
+    grid = json.load(open(grid_json)) if os.path.exists(grid_json) else {}
+    return f"{grid['src']}-{grid['tgt']}" if "src" in grid else os.path.basename(os.path.abspath(work))
+
+
+def render(works, data, plots):
+    main = works[0]
+    records, summary, boot_word, boot_ce, teacher = data[main][:5]
+    sizes = sizes_in_order(summary)
+    main_size = next((z for z in sizes if (z, "ce_eqtime") in summary or (z, "word_kd_eqtime") in summary), None)
+    name = pair_name(main)
+    parts = ["# Results: TIE-KD vs CE, word-KD and seq-KD students, measured", "",
+             "Generated by `python examples/results_table.py` from the JSON records of "
+             "`python examples/run_grid.py` (tiekd-eval's `eval-*.json` and the runner's `train.json` "
+             "per run). Do not edit by hand.", "",
+             f"## {name}: how it was run", "", how_it_was_run(main, records), "",
+             "- Every student trains until its validation CE has not improved for the runner's `--patience` "
+             "validations, or to the shared update cap; the `updates` column says where they stopped. "
+             "CPU-h is the training process's own CPU time (user + system, all threads; robust to other "
+             "work sharing the cores, unlike wall time, which is given beside it).", "",
+             teacher_line(teacher), "",
+             f"## {name}: BLEU and chrF, mean ± sd over seeds", "", results_table(summary), "",
+             "Δ columns: difference of the mean BLEU.", ""]
+    if boot_word:
+        parts += ["### TIE-KD vs word-KD: paired bootstrap (sacreBLEU `--paired-bs`, 1000 resamples)", "",
+                  bootstrap_table(boot_word), "", f"Signature: `{boot_word[0]['BLEU']['signature']}`", ""]
+    if boot_ce:
+        parts += ["### TIE-KD vs CE: paired bootstrap", "", bootstrap_table(boot_ce), ""]
+    if main_size:
+        parts += [f"## Equal compute ({main_size}): does TIE-KD pay for itself?", "",
+                  "CE and word-KD students given the CPU time that the TIE-KD student of the same seed used "
+                  "(`*_eqtime` runs: as many updates as that time buys at their own CPU-seconds per update, "
+                  "rounded to whole checkpoint intervals; no early stop).", "",
+                  equal_compute_table(summary, main_size), ""]
+        eq_boot = [r for r in data[main][5] if r["size"] == main_size]
+        if eq_boot:
+            parts += ["TIE-KD vs CE given TIE-KD's CPU time, paired bootstrap:", "", bootstrap_table(eq_boot), ""]
+    if plots.get("compute"):
+        parts += ["## Quality against compute", "", f"![BLEU vs training CPU-hours]({plots['compute']})", ""]
+    if plots.get("gap"):
+        parts += ["## Capacity gap", "", f"![BLEU gain over CE vs capacity gap]({plots['gap']})", ""]
+    for other in works[1:]:
+        o_records, o_summary, o_word, o_ce, o_teacher = data[other][:5]
+        parts += [f"## {pair_name(other)}", "", how_it_was_run(other, o_records), "", teacher_line(o_teacher), "",
+                  results_table(o_summary), ""]
+        if o_word:
+            parts += ["TIE-KD vs word-KD, paired bootstrap:", "", bootstrap_table(o_word), ""]
+        if o_ce:
+            parts += ["TIE-KD vs CE, paired bootstrap:", "", bootstrap_table(o_ce), ""]
+    parts += ["## Against the paper", "", f"The paper reports {PAPER}.", "",
+              f"### {name}", "", findings(summary, boot_word, boot_ce, main_size, teacher), ""]
+    for other in works[1:]:
+        o_records, o_summary, o_word, o_ce, o_teacher = data[other][:5]
+        parts += [f"### {pair_name(other)}", "", findings(o_summary, o_word, o_ce, None, o_teacher), ""]
+    parts += ["## Read with care", "",
+              "- Scale: tens of thousands of sentence pairs and students of 0.4-1M parameters trained on two CPU "
+              "cores; the paper's models have 100-200x more parameters and train on millions of pairs. The update "
+              "cap was chosen to fit the CPU budget: a run that stopped at the cap was still improving.",
+              "- sd is the sample standard deviation over seeds; with 3 seeds it is itself uncertain.",
+              "- seq-KD's CPU time includes the teacher translating the training set in its first run only "
+              "(the others reuse the shared cache, `--pseudo-cache-dir`); TIE-KD + pool's includes "
+              "translating a pool shard each epoch.", ""]
+    parts += [f"## Commands per method ({name}; WORK is the runner's `--work`)", ""] + commands(main, records)
     return "\n".join(parts)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="work/grid")
+    ap.add_argument("--work", action="append", help="a grid's --work (repeat; the first is the main pair)")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--bootstrap-samples", type=int, default=1000)
     args = ap.parse_args(argv)
-    records = load_records(args.work)
-    if not records:
-        raise SystemExit(f"{args.work}: no evaluated runs (runs/*/eval-*.json); run examples/run_grid.py first")
-    summary = summarize(records)
-    boot = paired_bootstrap(records, n_samples=args.bootstrap_samples)
-    plot_name = os.path.splitext(os.path.basename(args.out))[0] + "_capacity_gap.png"
-    teacher_evals = glob.glob(os.path.join(args.work, "teacher", "eval-*.json"))
-    if teacher_evals and len(sizes_in_order(summary)) > 1:
-        teacher_params = json.load(open(teacher_evals[0]))["params"]
-        capacity_gap_plot(summary, teacher_params, os.path.join(os.path.dirname(args.out) or ".", plot_name))
-    else:
-        plot_name = None
-    text = render(args.work, records, summary, boot, plot_name)
+    works = args.work or ["work/grid"]
+    data = {}
+    for work in works:
+        records = load_records(work)
+        if not records:
+            raise SystemExit(f"{work}: no evaluated runs (runs/*/eval-*.json); run examples/run_grid.py first")
+        boot = lambda base: paired_bootstrap(records, baseline=base, n_samples=args.bootstrap_samples)
+        data[work] = (records, summarize(records), boot("word_kd"), boot("ce"), load_teacher(work), boot("ce_eqtime"))
+    out_dir = os.path.dirname(args.out) or "."
+    stem = os.path.splitext(os.path.basename(args.out))[0]
+    plots = {}
+    records, summary, _, _, teacher, _ = data[works[0]]
+    if teacher and len(sizes_in_order(summary)) > 1:
+        plots["gap"] = stem + "_capacity_gap.png"
+        capacity_gap_plot(summary, teacher["params"], os.path.join(out_dir, plots["gap"]))
+    if any(s["cpu_seconds"] for s in summary.values()):
+        plots["compute"] = stem + "_compute.png"
+        compute_plot(summary, os.path.join(out_dir, plots["compute"]))
+    text = render(works, data, plots)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(text)
-    with open(os.path.join(args.work, "summary.json"), "w") as f:
-        json.dump({f"{size}/{method}": s for (size, method), s in summary.items()}, f, indent=1)
-    print(f"wrote {args.out}" + (f" and {plot_name}" if plot_name else ""))
+    for work in works:
+        with open(os.path.join(work, "summary.json"), "w") as f:
+            json.dump({f"{size}/{method}": s for (size, method), s in data[work][1].items()}, f, indent=1)
+    print(f"wrote {args.out}" + "".join(f" and {p}" for p in plots.values()))
 
 
 if __name__ == "__main__":

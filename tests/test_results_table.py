@@ -1,6 +1,7 @@
 """examples/results_table.py on fixture JSON records: means, sds, gains, bootstrap, plot."""
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -16,10 +17,13 @@ REFS = ["the cat sat on the mat", "a dog ran in the park", "hello there my frien
 HYPS = {"ce": ["the cat", "a dog", "hello", "it rains", "we like tea", "this is"],
         "word_kd": ["the cat sat", "a dog ran", "hello there", "it is raining", "we like tea", "this is a test"],
         "tie_kd": REFS[:5] + ["this is a test"]}
+HYPS["ce_eqtime"] = HYPS["word_kd"]
 BLEU = {  # (size, method): BLEU per seed
     ("micro", "ce"): [10.0, 12.0, 14.0], ("micro", "word_kd"): [11.0, 13.0, 15.0],
     ("micro", "tie_kd"): [13.0, 15.0, 17.0], ("nano", "ce"): [8.0], ("nano", "tie_kd"): [10.5],
+    ("micro", "ce_eqtime"): [12.0, 14.0, 16.0],
 }
+CPU = {"ce": 1000.0, "word_kd": 2000.0, "tie_kd": 4000.0, "ce_eqtime": 4000.0}
 PARAMS = {"micro": 650_000, "nano": 300_000}
 
 
@@ -41,10 +45,15 @@ def work(tmp_path):
                 "sacrebleu_version": "2.6.0"}))
             (run / "train.json").write_text(json.dumps({
                 "train_seconds": 60.0 * seed, "updates_per_second": 800 / (60.0 * seed), "peak_rss_mib": 500 + seed,
-                "command": f"fairseq-train DATA --criterion {method}"}))
+                "cpu_seconds": CPU[method] * seed, "stopped": "patience" if seed == 1 else "max_update",
+                "best_valid_loss": 5.0 + seed, "command": f"fairseq-train DATA --criterion {method}"}))
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "eval-test.json").write_text(json.dumps(
-        {"arch": "tie_kd_transformer_tiny", "params": 1_300_000, "num_updates": 2200, "bleu": 20.0, "chrf": 45.0}))
+        {"arch": "tie_kd_transformer_tiny", "params": 1_300_000, "num_updates": 2200, "bleu": 20.0, "chrf": 45.0,
+         "checkpoints": ["a.pt", "b.pt"]}))
+    (tmp_path / "teacher" / "train.json").write_text(json.dumps({"cpu_seconds": 7200.0, "stopped": "patience"}))
+    (tmp_path / "grid.json").write_text(json.dumps({"src": "en", "tgt": "de", "command": "python examples/run_grid.py",
+                                                    "wall_minutes": 90.0, "invocations": [{}], "jobs": 2, "threads": 1}))
     return tmp_path
 
 
@@ -58,6 +67,7 @@ def test_means_sds_and_gains(work):
     assert tie["chrf_gain_over_word_kd"] == pytest.approx(2.0)
     assert ce["gain_over_ce"] is None
     assert tie["train_seconds"] == pytest.approx(120.0) and tie["peak_rss_mib"] == pytest.approx(502.0)
+    assert tie["cpu_seconds"] == pytest.approx(8000.0) and tie["stopped_by_patience"] == 1
     assert tie["teacher_top1_agree"] == pytest.approx(0.52)
     nano = summary[("nano", "tie_kd")]
     assert nano["bleu_sd"] is None and nano["gain_over_ce"] == pytest.approx(2.5)
@@ -67,18 +77,32 @@ def test_means_sds_and_gains(work):
 def test_paired_bootstrap_uses_the_hypothesis_files(work):
     rows = results_table.paired_bootstrap(results_table.load_records(str(work)), n_samples=200)
     assert [(r["size"], r["seed"]) for r in rows] == [("micro", 1), ("micro", 2), ("micro", 3)]
+    assert [r["size"] for r in results_table.paired_bootstrap(
+        results_table.load_records(str(work)), baseline="ce", n_samples=100)] == ["micro"] * 3 + ["nano"]
     expected = sacrebleu.corpus_bleu(HYPS["tie_kd"], [REFS]).score
     assert rows[0]["BLEU"]["system"] == pytest.approx(expected)
     assert rows[0]["BLEU"]["baseline"] == pytest.approx(sacrebleu.corpus_bleu(HYPS["word_kd"], [REFS]).score)
     assert 0 < rows[0]["BLEU"]["p_value"] <= 1
 
 
-def test_markdown_and_plot(work):
+def test_markdown_and_plots(work, tmp_path_factory):
+    second = tmp_path_factory.mktemp("second")  # a second language pair: the same records
+    for path in work.iterdir():
+        if path.is_dir():
+            shutil.copytree(path, second / path.name)
+    (second / "grid.json").write_text(json.dumps({"src": "en", "tgt": "fr"}))
     out = work / "results.md"
-    results_table.main(["--work", str(work), "--out", str(out), "--bootstrap-samples", "100"])
+    results_table.main(["--work", str(work), "--work", str(second), "--out", str(out), "--bootstrap-samples", "100"])
     text = out.read_text()
-    assert "| micro | 0.65M | TIE-KD | 3 | 15.00 ± 2.00 | 35.00 ± 2.00 | +3.00 | +2.00 | 0.520 | 2.0 |" in text
+    assert ("| micro | 0.65M | TIE-KD | 3 | 15.00 ± 2.00 | 35.00 ± 2.00 | +3.00 | +2.00 | 800 | 1 of 3 | 7.000 "
+            "| 0.520 | 2.22 | 0.03 |") in text
     assert "| nano | 0.30M | TIE-KD | 1 | 10.50 | 30.50 | +2.50 | — |" in text
-    assert "**micro**: TIE-KD vs CE +3.00 BLEU (above the paper's +0.6 to +1.1), +3.00 chrF." in text
-    assert "BLEU 20.00, chrF 45.00" in text
-    assert (work / "results_capacity_gap.png").stat().st_size > 1000
+    assert "**micro**: TIE-KD vs CE +3.00 BLEU (above the paper's +0.6 to +1.1), +3.00 chrF" in text
+    assert "BLEU 20.00, chrF 45.00" in text and "stopped by patience, 2.00 CPU-h" in text
+    assert "## Equal compute (micro)" in text
+    assert "| CE, TIE-KD's CPU time | 800 | 2.22 | 14.00 ± 2.00 | 34.00 ± 2.00 | -1.00 |" in text
+    assert "a CE student given the TIE-KD student's CPU time (2.22 vs 2.22 CPU-h" in text
+    assert "TIE-KD is ahead by 1.00 BLEU" in text
+    assert "## en-de: how it was run" in text and "## en-fr" in text and "### en-fr" in text
+    for plot in ("results_capacity_gap.png", "results_compute.png"):
+        assert (work / plot).stat().st_size > 1000

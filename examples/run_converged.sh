@@ -21,8 +21,8 @@ mkdir -p "$W"
 # mini (2+2 x 96), micro (1+1 x 96) and nano (1+1 x 64); SentencePiece 4k (the output layer
 # dominates these models' cost, and 8k made a TIE-KD step 1.9x slower); one validation
 # every 500 updates; a student stops after 3 validations without a lower validation loss or at
-# 5,000 updates (about 2.4 epochs of en-de), the teacher after 5 (one every 1,000) or at 30,000.
-COMMON=(--vocab 4000 --teacher-arch tie_kd_transformer_tiny --teacher-updates 30000 --teacher-patience 5
+# 5,000 updates (about 2.4 epochs of en-de), the teacher after 5 (one every 1,000) or at 20,000.
+COMMON=(--vocab 4000 --teacher-arch tie_kd_transformer_tiny --teacher-updates 20000 --teacher-patience 5
   --teacher-save-every 1000 --updates 5000 --patience 3 --save-every 500 --average-last 5 --jobs 2 --threads 1 --teacher-threads 1)
 $PY examples/run_grid.py --work "$W/en-de" --raw "$CORPUS/en-de" --pool-text "$W/pool.en" --tgt de "${COMMON[@]}" \
   --data-note "en-de from ../shared/mtdata/build.sh (LibreOffice help and UI, man pages, Wesnoth, GNOME help; document-disjoint splits); pool: English of its en-fr and en-es corpora not in en-de" \

@@ -17,6 +17,15 @@ setup(
         "sacrebleu>=2.0",
         "sentencepiece>=0.1.97",
     ],
-    extras_require={"test": ["pytest>=7"], "examples": ["matplotlib>=3.5"]},
-    entry_points={"console_scripts": ["tiekd-eval = tiekd_fairseq.evaluate:main"]},
+    extras_require={
+        # CTranslate2 inference of trained models (tiekd-export, tiekd-eval --engine ctranslate2);
+        # never needed to train. The tests exercise it, so they ask for it too.
+        "deploy": ["ctranslate2>=4.0"],
+        "test": ["pytest>=7", "ctranslate2>=4.0"],
+        "examples": ["matplotlib>=3.5"],
+    },
+    entry_points={"console_scripts": [
+        "tiekd-eval = tiekd_fairseq.evaluate:main",
+        "tiekd-export = tiekd_fairseq.export:main",
+    ]},
 )

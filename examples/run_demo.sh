@@ -3,7 +3,9 @@
 # (LibreOffice help from Debian packages): SentencePiece, binarize, train a teacher, then
 # three students of the same smaller size: CE, tie_kd, and tie_kd with an unlabeled English
 # pool (documents whose translations were dropped) that the teacher translates each epoch;
-# translate the test set, and print a table of sacreBLEU BLEU / chrF, parameters and time.
+# translate the test set with tiekd-eval, and print a table of sacreBLEU BLEU / chrF, parameters
+# and time; then the deploy table: each model in fairseq and in CTranslate2 float32 / int8
+# (BLEU, chrF, sentences/s, size on disk).
 #
 # usage: bash examples/run_demo.sh [WORK_DIR]     (default: work/demo; re-running resumes)
 # Sizes can be changed with the environment variables below.
@@ -40,16 +42,15 @@ train() {  # NAME UPDATES ARGS... ; a killed run resumes from checkpoint_last.pt
   echo $((SECONDS - start)) > "$dir/train_seconds"
 }
 
-translate() {  # NAME
-  local dir=$W/$1 start=$SECONDS
-  [ -s "$dir/hyp.txt" ] && return
-  log "translate test with $1 (beam 4, lenpen 0.6)"
-  fairseq-generate "$W/bin" --user-dir "$REPO/tiekd_fairseq" --path "$dir/checkpoint_last.pt" \
-    --gen-subset test --beam 4 --lenpen 0.6 --batch-size 64 --post-process sentencepiece --cpu \
-    --required-batch-size-multiple 1 \
-    2>/dev/null > "$dir/generate.out"
-  grep ^H- "$dir/generate.out" | sed 's/^H-//' | sort -n -k1,1 | cut -f3 > "$dir/hyp.txt"
-  echo $((SECONDS - start)) > "$dir/decode_seconds"
+evaluate() {  # NAME ENGINE [QUANTIZATION]: tiekd-eval on the test set, once (its record is the marker)
+  local name=$1 engine=$2 q=${3:-} record
+  if [ "$engine" = fairseq ]; then record=eval-test-avg1-beam4-lenpen0.6.json
+  else record=ct2-$q-test-avg1-beam4-lenpen0.6.json; fi
+  [ -s "$W/$name/$record" ] && return
+  log "translate test with $name: $engine${q:+ $q} (beam 4, lenpen 0.6)"
+  tiekd-eval "$W/$name" --data "$W/bin" --ref "$W/raw/test.de" --average-last 1 --beam 4 --lenpen 0.6 \
+    --post-process sentencepiece --engine "$engine" ${q:+--quantization "$q"} \
+    > "$W/$name/eval-$engine${q:+-$q}.log" 2>&1 || { tail -3 "$W/$name/eval-$engine${q:+-$q}.log"; exit 1; }
 }
 
 train teacher "$TEACHER_UPDATES" --arch tie_kd_transformer_tiny \
@@ -64,8 +65,11 @@ train student_tie_kd_pool "$STUDENT_UPDATES" "${STUDENT[@]}" --task translation_
   --teacher-path "$W/teacher/checkpoint_last.pt" --criterion tie_kd \
   --kd-rate 0.5 --kd-iters 3 --kd-topk 5 --label-smoothing 0.1 \
   --unlabeled-data "$W/pool" --unlabeled-per-epoch "$POOL_PER_EPOCH" --pseudo-beam 4
-for s in teacher student_ce student_tie_kd student_tie_kd_pool; do translate $s; done
+SYSTEMS=(teacher student_ce student_tie_kd student_tie_kd_pool)
+# checkpoint_last.pt of each (--average-last 1: the demo keeps one interval checkpoint), translated by
+# fairseq-generate, then converted and translated by CTranslate2 in float32 and int8
+for s in "${SYSTEMS[@]}"; do evaluate "$s" fairseq; done
+for s in "${SYSTEMS[@]}"; do evaluate "$s" ctranslate2 float32; evaluate "$s" ctranslate2 int8; done
 
 log "results (test set, detokenized, sacreBLEU)"
-python examples/report.py "$W/raw/test.de" teacher="$W/teacher" student_ce="$W/student_ce" \
-  student_tie_kd="$W/student_tie_kd" student_tie_kd_pool="$W/student_tie_kd_pool" | tee "$W/results.md"
+python examples/report.py $(for s in "${SYSTEMS[@]}"; do echo "$s=$W/$s"; done) | tee "$W/results.md"

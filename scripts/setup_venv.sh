@@ -8,8 +8,8 @@ PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-if ! { [ -x "$VENV/bin/tiekd-eval" ] &&
-       "$VENV/bin/python" -c "import tiekd_fairseq, sacrebleu, sentencepiece, pytest, matplotlib" >/dev/null 2>&1; }; then
+if ! { [ -x "$VENV/bin/tiekd-eval" ] && [ -x "$VENV/bin/tiekd-export" ] &&
+       "$VENV/bin/python" -c "import tiekd_fairseq, sacrebleu, sentencepiece, pytest, matplotlib, ctranslate2" >/dev/null 2>&1; }; then
   # fairseq pins omegaconf 2.0.x in its metadata, which pip >= 24.1 rejects.
   pip() {  # quiet, minus the notes of this machine's pip config about absent local indexes
     "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
@@ -17,6 +17,7 @@ if ! { [ -x "$VENV/bin/tiekd-eval" ] &&
   pip "pip<24.1"
   # torch first, pinned: 2.13.0 is the CPU build this project is tested with.
   pip "torch==2.13.0"
-  pip -e ".[test,examples]"
+  # deploy: CTranslate2 (tiekd-export, tiekd-eval --engine ctranslate2; the tests and the demo use it)
+  pip -e ".[test,examples,deploy]"
 fi
-"$VENV/bin/python" -c "import torch, fairseq, tiekd_fairseq; print(f'venv ready: torch {torch.__version__}, fairseq {fairseq.__version__}, tiekd_fairseq {tiekd_fairseq.__version__}')" 2>&1 | grep -v "tensorboardX"
+"$VENV/bin/python" -c "import tiekd_fairseq, torch, fairseq, ctranslate2; print(f'venv ready: torch {torch.__version__}, fairseq {fairseq.__version__}, ctranslate2 {ctranslate2.__version__}, tiekd_fairseq {tiekd_fairseq.__version__}')"

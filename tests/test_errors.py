@@ -1,7 +1,11 @@
 """Bad input gives a clear error before any training step (fairseq-train's own code path,
-run in-process like fairseq's tests/test_binaries.py)."""
+run in-process like fairseq's tests/test_binaries.py); a few representative ones also through
+the real fairseq-train process, where the plugin prints them as one line without a traceback."""
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -197,3 +201,66 @@ def test_bad_pool_options(toy_data, teacher_checkpoint, toy_pool, tmp_path, opti
 def test_pool_options_without_pool(toy_data, teacher_checkpoint, tmp_path):
     expect_error(toy_data, tmp_path, kd(teacher_checkpoint, "--unlabeled-ratio", "0.3"),
                  "--unlabeled-ratio needs an unlabeled pool: add --unlabeled-data POOL_DIR")
+
+
+# -- the same errors from fairseq-train's own process: one line, no traceback ---------------
+def train_process(data, save_dir, *extra):
+    return utils.cli("fairseq-train", *utils.train_command(data, save_dir, *utils.TINY_ARCH, "--max-update", "1",
+                                                           *extra)[1:], check=False)
+
+
+@pytest.mark.parametrize("case", ["no_teacher_path", "missing_teacher", "text_file_teacher", "bad_kd_rate", "missing_pool"])
+def test_fairseq_train_prints_one_line(case, toy_data, teacher_checkpoint, tmp_path):
+    """The whole stderr of a failing fairseq-train ends with ``tiekd: error: <message>`` and
+    holds no traceback (nor torch's advice to load untrusted files with weights_only=False)."""
+    if case == "no_teacher_path":
+        args, expected = ("--task", "translation_tie_kd", "--criterion", "tie_kd"), re.escape(
+            "--teacher-path is required by translation_tie_kd: give the teacher's checkpoint (several separated "
+            "by ':' form an ensemble)")
+    elif case == "missing_teacher":
+        args, expected = kd(tmp_path / "nope.pt"), re.escape(f"--teacher-path {tmp_path / 'nope.pt'}: no such file")
+    elif case == "text_file_teacher":
+        (tmp_path / "notes.pt").write_text("this is not a checkpoint\n")
+        args, expected = kd(tmp_path / "notes.pt"), re.escape(
+            f"--teacher-path {tmp_path / 'notes.pt'}: not a readable fairseq checkpoint (not a file written by "
+            "torch.save: a text file starting 'this is not a checkpoint', not a zip archive or a pickle)")
+    elif case == "bad_kd_rate":
+        args, expected = kd(teacher_checkpoint, "--kd-rate", "1.5"), re.escape("--kd-rate must be in [0, 1], got 1.5")
+    else:
+        args, expected = pool_args(teacher_checkpoint, tmp_path / "nope"), (
+            rf"--unlabeled-data {re.escape(str(tmp_path / 'nope'))}: no binarized dataset \S+; make it with: "
+            r"fairseq-preprocess --only-source .*")
+    proc = train_process(toy_data, tmp_path / "save", *args)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert re.fullmatch("tiekd: error: " + expected, lines[-1]), proc.stderr[-2000:]
+    assert sum("tiekd: error:" in line for line in lines) == 1
+    assert "Traceback" not in proc.stderr and "weights_only" not in proc.stderr
+    assert not (tmp_path / "save" / "checkpoint_last.pt").exists()
+
+
+def test_other_exceptions_keep_their_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "import tiekd_fairseq; raise RuntimeError('not a config error')"],
+                          capture_output=True, text=True, env=utils.CHILD_ENV, cwd=utils.REPO)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "tiekd: error" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "RuntimeError: not a config error"
+
+
+SPAWNED = '''
+from tiekd_fairseq.teacher import TeacherError
+
+def fail(rank):
+    raise TeacherError("--teacher-path t.pt: no such file")
+'''
+
+
+def test_error_in_a_spawned_process_is_one_line(tmp_path):
+    """fairseq's multi-GPU path runs training in torch.multiprocessing.spawn children; the parent
+    re-raises a child's exception as ProcessRaisedException holding the child's traceback."""
+    (tmp_path / "spawned.py").write_text(SPAWNED)
+    script = "import tiekd_fairseq, torch.multiprocessing as mp, spawned; mp.spawn(spawned.fail, nprocs=1)"
+    env = dict(utils.CHILD_ENV, PYTHONPATH=os.pathsep.join([str(tmp_path), utils.REPO]))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "tiekd: error: --teacher-path t.pt: no such file", proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -50,6 +50,8 @@ def test_averages_the_last_two_checkpoints_and_scores_like_sacrebleu(student_run
         assert json.loads(cli.stdout)["score"] == pytest.approx(record[metric], abs=1e-4)
     assert record["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     assert "BLEU" in proc.stdout and record["bleu_signature"] in proc.stdout
+    assert "tensorboardX" not in proc.stdout + proc.stderr  # quiet by default (tiekd_fairseq/quiet.py)
+    assert record["engine"] == "fairseq" and record["model_bytes"] > 0 and record["sentences_per_second"] > 0
     assert 0 <= record["teacher_top1_agree"] <= 1 and record["tokens_per_second"] > 0
     assert record["comet"] is None  # never computed unless asked for
 

@@ -13,11 +13,24 @@ from .criterion import TieKDCriterionConfig
 from .task import TranslationTieKDConfig
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` where it says something: not for flags (off unless given),
+    empty or unset defaults, or help that already states its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (action.nargs == 0 or default is None or default == "" or default is argparse.SUPPRESS
+                or "default" in text.lower()):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fairseq-train ... --user-dir tiekd_fairseq",
         description="Options added by tiekd_fairseq (use with fairseq-train).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     task = parser.add_argument_group("--task translation_tie_kd (plus all of --task translation's)")
     for name, field in TranslationTieKDConfig.__dataclass_fields__.items():

@@ -3,10 +3,18 @@ fairseq-generate, and score the detokenized output with sacreBLEU (BLEU and chrF
 their signatures; COMET where ``unbabel-comet`` is installed and asked for).
 
     tiekd-eval CHECKPOINT_DIR --data DATA --ref test.de [--average-last 5] [--beam 4 --lenpen 0.6]
+               [--engine ctranslate2 --quantization int8]
 
 Writes, next to the checkpoints: ``average_last{K}.pt`` (the averaged model),
 ``eval-{subset}-avg{K}-beam{B}-lenpen{L}.hyp`` (hypotheses in test-set order) and a ``.json``
-record with the scores, signatures, checkpoints averaged, decode time and tokens/s.
+record with the scores, signatures, checkpoints averaged, decode time, sentences/s, tokens/s
+and model size on disk.
+
+``--engine ctranslate2`` converts the same (averaged) checkpoint with ``tiekd-export`` to
+``CHECKPOINT_DIR/ct2-{Q}-avg{K}/`` and translates with CTranslate2 instead (same beam, length
+penalty, maximum length and post-processing as fairseq-generate; see ``export.translate``);
+its files are ``ct2-{Q}-{subset}-avg{K}-beam{B}-lenpen{L}.{hyp,json}``, scored the same way.
+CHECKPOINT_DIR may also be a model written by ``tiekd-export`` (it holds ``model.bin``).
 
 The average is an equal-weight mean of the checkpoints' weights, computed by
 ``torch.optim.swa_utils.AveragedModel``; the checkpoints are chosen as fairseq's
@@ -24,6 +32,8 @@ import time
 from typing import List
 
 import torch
+
+from .export import ExportError
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -98,14 +108,15 @@ def translate(checkpoint: str, args) -> dict:
                "--task", "translation", "--path", checkpoint, "--gen-subset", args.gen_subset,
                "--beam", str(args.beam), "--lenpen", str(args.lenpen), "--max-tokens", str(args.max_tokens),
                "--required-batch-size-multiple", "1", "--post-process", args.post_process,
-               "--num-workers", "0"]
+               "--max-len-b", str(args.max_len_b), "--num-workers", "0"]
     for option in ("source_lang", "target_lang"):
         if getattr(args, option):
             command += [f"--{option.replace('_', '-')}", getattr(args, option)]
     if not torch.cuda.is_available():
         command.append("--cpu")
     start = time.time()
-    result = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.time() - start
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-5:])
@@ -159,7 +170,8 @@ def comet_score(model_name: str, sources, hyps, refs) -> float:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="tiekd-eval", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("checkpoint_dir", help="a fairseq-train --save-dir")
+    ap.add_argument("checkpoint_dir", help="a fairseq-train --save-dir (with --engine ctranslate2, also a "
+                    "model written by tiekd-export)")
     ap.add_argument("--data", required=True, help="the binarized data dir (fairseq-preprocess --destdir)")
     ap.add_argument("--ref", required=True, help="plain-text references of --gen-subset, one per line")
     ap.add_argument("--gen-subset", default="test")
@@ -169,7 +181,17 @@ def parse_args(argv=None):
                     help="average the last K checkpoints (1: checkpoint_last.pt as it is)")
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--lenpen", type=float, default=0.6)
-    ap.add_argument("--max-tokens", type=int, default=4096)
+    ap.add_argument("--max-tokens", type=int, default=4096, help="source tokens per batch")
+    ap.add_argument("--max-len-b", type=int, default=200,
+                    help="at most this many target tokens (fairseq-generate --max-len-b, with --max-len-a 0)")
+    ap.add_argument("--engine", choices=("fairseq", "ctranslate2"), default="fairseq",
+                    help="translate with fairseq-generate, or convert with tiekd-export and translate with "
+                    "CTranslate2 (pip install -e '.[deploy]')")
+    ap.add_argument("--quantization", default="float32",
+                    help="with --engine ctranslate2: the converted model's weight type (float32, int8, ...)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="CPU threads of either engine (OMP_NUM_THREADS of fairseq-generate, CTranslate2's "
+                    "intra_threads)")
     ap.add_argument("--post-process", default="sentencepiece",
                     help="fairseq-generate --post-process that undoes the subwords ('none' keeps them)")
     ap.add_argument("--teacher", help="teacher checkpoint: also report teacher_top1_agree on the subset")
@@ -180,8 +202,20 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def model_bytes(state_dict) -> int:
+    """Bytes of the model's weights as torch.save writes them (no optimizer state, tied
+    tensors once): the size on disk of the model a fairseq deployment needs."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return buffer.tell()
+
+
 def evaluate(args) -> dict:
     import sacrebleu
+
+    from . import export
 
     if args.average_last < 1:
         raise EvalError(f"--average-last must be >= 1, got {args.average_last}")
@@ -200,51 +234,100 @@ def evaluate(args) -> dict:
     except json.JSONDecodeError as e:
         raise EvalError(f"--tag must be a JSON object: {e}")
     refs = read_lines(args.ref)
-    paths = last_checkpoints(args.checkpoint_dir, args.average_last)
-    stem = f"eval-{args.gen_subset}-avg{args.average_last}-beam{args.beam}-lenpen{args.lenpen:g}"
-    if len(paths) > 1:
-        checkpoint = average_checkpoints(paths, args.data,
-                                         os.path.join(args.checkpoint_dir, f"average_last{args.average_last}.pt"))
+    ct2 = args.engine == "ctranslate2"
+    if ct2:
+        export.require_ctranslate2()  # before any averaging: a missing package is the first thing to say
+    exported = ct2 and os.path.isfile(os.path.join(args.checkpoint_dir, "model.bin"))
+    if exported:  # a model written by tiekd-export
+        meta = export.read_metadata(args.checkpoint_dir)
+        ct2_dir, out_dir = args.checkpoint_dir, args.checkpoint_dir
+        checkpoint = meta.get("source_checkpoint")
+        paths = meta.get("averaged_checkpoints") or ([checkpoint] if checkpoint else [])
+        quantization = meta.get("quantization", "?")
+        stem = f"ct2-{quantization}-{args.gen_subset}-beam{args.beam}-lenpen{args.lenpen:g}"
     else:
-        checkpoint = paths[0]
-    out = translate(checkpoint, args)
+        if os.path.isfile(os.path.join(args.checkpoint_dir, "model.bin")):
+            raise EvalError(f"{args.checkpoint_dir} is a CTranslate2 model: add --engine ctranslate2")
+        paths = last_checkpoints(args.checkpoint_dir, args.average_last)
+        export.check_data(export.read_checkpoint(paths[-1]), args.data, args.source_lang, args.target_lang)
+        out_dir = args.checkpoint_dir
+        stem = f"eval-{args.gen_subset}-avg{args.average_last}-beam{args.beam}-lenpen{args.lenpen:g}"
+        if len(paths) > 1:
+            checkpoint = average_checkpoints(paths, args.data,
+                                             os.path.join(args.checkpoint_dir, f"average_last{args.average_last}.pt"))
+        else:
+            checkpoint = paths[0]
+        if ct2:
+            quantization = args.quantization
+            stem = f"ct2-{quantization}-" + stem[len("eval-"):]
+            ct2_dir = os.path.join(args.checkpoint_dir, f"ct2-{quantization}-avg{args.average_last}")
+            meta = export.export(checkpoint, args.data, ct2_dir, quantization, source_lang=args.source_lang,
+                                 target_lang=args.target_lang, force=True)
+    if ct2:
+        src, tgt = args.source_lang or meta.get("source_lang"), args.target_lang or meta.get("target_lang")
+        if not (src and tgt):
+            from fairseq.data.data_utils import infer_language_pair
+            src, tgt = infer_language_pair(args.data)
+        out = export.translate(ct2_dir, args.data, args.gen_subset, src, tgt,
+                               args.beam, args.lenpen, args.max_tokens, args.post_process, args.threads,
+                               args.max_len_b, meta.get("max_target_positions") or 1024)
+        out.update(engine="ctranslate2", quantization=quantization, ct2_model=os.path.abspath(ct2_dir),
+                   ctranslate2_version=meta.get("ctranslate2_version"),
+                   model_bytes=export.directory_bytes(ct2_dir))
+    else:
+        out = translate(checkpoint, args)
+        out.update(engine="fairseq", quantization=None)
     hyps = out.pop("hyps")
     if len(hyps) != len(refs):
         raise EvalError(f"--ref {args.ref} has {len(refs)} lines, but the '{args.gen_subset}' set has "
                         f"{len(hyps)} sentences")
-    hyp_path = os.path.join(args.checkpoint_dir, stem + ".hyp")
+    hyp_path = os.path.join(out_dir, stem + ".hyp")
     with open(hyp_path, "w", encoding="utf-8") as f:
         f.writelines(h + "\n" for h in hyps)
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
 
-    (student,), cfg, task = load_models([checkpoint], args.data)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     record = {
         **tag,
         "checkpoint_dir": os.path.abspath(args.checkpoint_dir),
         "checkpoints": [os.path.basename(p) for p in paths],
-        "evaluated_checkpoint": os.path.basename(checkpoint),
-        "num_updates": state["optimizer_history"][-1]["num_updates"],
-        "arch": cfg.model.arch if hasattr(cfg.model, "arch") else cfg.model._name,
-        "criterion": cfg.criterion._name if cfg.criterion is not None else None,
-        "params": sum(p.numel() for p in student.parameters()),
+        "evaluated_checkpoint": os.path.basename(checkpoint) if checkpoint else None,
+    }
+    student = task = None
+    if checkpoint and os.path.isfile(checkpoint):
+        (student,), cfg, task = load_models([checkpoint], args.data)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        record.update(
+            num_updates=state["optimizer_history"][-1]["num_updates"],
+            arch=cfg.model.arch if hasattr(cfg.model, "arch") else cfg.model._name,
+            criterion=cfg.criterion._name if cfg.criterion is not None else None,
+            params=sum(p.numel() for p in student.parameters()),
+            checkpoint_bytes=os.path.getsize(checkpoint),
+        )
+        if not ct2:
+            out["model_bytes"] = model_bytes(state["model"])
+    else:  # an exported model whose checkpoint is gone: what its export recorded
+        record.update(num_updates=meta.get("num_updates"), arch=meta.get("arch"), criterion=None,
+                      params=meta.get("params"))
+    record.update({
         "gen_subset": args.gen_subset, "ref": os.path.abspath(args.ref), "hyp": os.path.abspath(hyp_path),
-        "beam": args.beam, "lenpen": args.lenpen,
+        "beam": args.beam, "lenpen": args.lenpen, "max_len_b": args.max_len_b, "threads": args.threads,
         "bleu": b.score, "chrf": c.score, "bleu_detail": str(b),
         "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
         "sacrebleu_version": sacrebleu.__version__,
         **out,
         "comet": None,
-    }
+    })
     if args.teacher:
+        if student is None:
+            raise EvalError("--teacher needs the fairseq checkpoint the model was exported from")
         (teacher,), _, _ = load_models([args.teacher], args.data, task=task)
         record["teacher_top1_agree"] = teacher_top1_agreement(student, teacher, task, args.gen_subset, args.max_tokens)
         record["teacher"] = os.path.abspath(args.teacher)
     if args.comet_model:
         record["comet"] = comet_score(args.comet_model, read_lines(args.src_text), hyps, refs)
         record["comet_model"] = args.comet_model
-    output = args.output or os.path.join(args.checkpoint_dir, stem + ".json")
+    output = args.output or os.path.join(out_dir, stem + ".json")
     with open(output, "w") as f:
         json.dump(record, f, indent=1)
     record["output"] = output
@@ -252,13 +335,22 @@ def evaluate(args) -> dict:
 
 
 def main(argv=None):
+    import logging
+
+    from .quiet import verbose
+
     args = parse_args(argv)
+    if not verbose():  # fairseq's INFO chatter while loading (TIEKD_VERBOSE=1 shows it)
+        logging.getLogger("fairseq").setLevel(logging.WARNING)
     try:
         r = evaluate(args)
-    except EvalError as e:
+    except (EvalError, ExportError) as e:
         sys.exit(f"tiekd-eval: error: {e}")
+    engine = r["engine"] + (f" {r['quantization']}" if r["quantization"] else "")
     print(f"{r['checkpoint_dir']}: averaged {len(r['checkpoints'])} checkpoints "
-          f"({', '.join(r['checkpoints'])}), {r['n']} sentences in {r['decode_seconds']:.1f}s")
+          f"({', '.join(r['checkpoints'])}), {r['n']} sentences in {r['decode_seconds']:.1f}s with {engine} "
+          f"({r.get('sentences_per_second', float('nan')):.1f} sentences/s; model "
+          f"{r.get('model_bytes', 0) / 2**20:.1f} MiB)")
     print(f"BLEU {r['bleu']:.2f}  {r['bleu_signature']}")
     print(f"chrF {r['chrf']:.2f}  {r['chrf_signature']}")
     if "teacher_top1_agree" in r:

@@ -5,6 +5,7 @@ sizes, whatever the student is) on the student task's dictionaries, after checki
 was trained on the same language pair with the same dictionaries.
 """
 
+import contextlib
 import logging
 import os
 import re
@@ -40,7 +41,8 @@ def _read_checkpoint(path: str):
             allowed = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in ALLOWED_GLOBALS)
             _fail(path, f"not a readable fairseq checkpoint: it pickles {refused.group(1)}, which "
                   f"safe loading refuses (allowed: tensors, containers, {allowed})")
-        _fail(path, f"not a readable fairseq checkpoint ({type(err).__name__}: {err})")
+        from .errors import describe_load_error  # one line, without torch's weights_only=False advice
+        _fail(path, f"not a readable fairseq checkpoint ({describe_load_error(path, err)})")
     if not isinstance(state, dict) or "model" not in state:
         _fail(path, "not a fairseq checkpoint (no 'model' entry)")
     cfg = state.get("cfg")
@@ -61,16 +63,24 @@ def first_dictionary_difference(a: Dictionary, b: Dictionary, a_name: str = "tea
     return None
 
 
+def _cfg_value(cfg, key):
+    """``cfg.key`` of a stored config: an omegaconf/dict config, or an ``argparse.Namespace``
+    in checkpoints written from command-line arguments (older fairseq)."""
+    if cfg is None:
+        return None
+    return cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
+
+
 def _check_languages(path, teacher_task_cfg, task):
     for side, mine in (("source_lang", task.cfg.source_lang), ("target_lang", task.cfg.target_lang)):
-        theirs = teacher_task_cfg.get(side) if teacher_task_cfg is not None else None
+        theirs = _cfg_value(teacher_task_cfg, side)
         if theirs and mine and theirs != mine:
             _fail(path, f"teacher was trained with {side}={theirs}, the student task has {mine}")
 
 
 def _check_dictionaries(path, teacher_task_cfg, task):
     """Compare with the teacher's own dictionary files, when its data dir is still there."""
-    data = (teacher_task_cfg.get("data") or "") if teacher_task_cfg is not None else ""
+    data = _cfg_value(teacher_task_cfg, "data") or ""
     data_dir = data.split(os.pathsep)[0] if data else ""
     for lang, mine in ((task.cfg.source_lang, task.source_dictionary), (task.cfg.target_lang, task.target_dictionary)):
         dict_file = os.path.join(data_dir, f"dict.{lang}.txt")
@@ -105,11 +115,19 @@ def load_teacher(path: str, task) -> torch.nn.Module:
     _check_dictionaries(path, cfg.get("task"), task)
     _check_vocab_sizes(path, state["model"], task)
     model = models.build_model(cfg.model, task)
+    if getattr(model.decoder, "adaptive_softmax", None) is not None:
+        _fail(path, "the teacher has an adaptive softmax output layer (--adaptive-softmax-cutoff); "
+              "TIE-KD needs its scores over the whole vocabulary")
     model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
     model.eval()
     model.requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"teacher {path}: {cfg.model._name}, {n_params:,} parameters, frozen")
+    theirs, mine = model.max_positions(), task.max_positions()
+    if any(t < m for t, m in zip(theirs, mine)):
+        logger.warning(f"teacher {path} accepts at most {theirs} source/target positions, fewer than "
+                       f"the student's {mine}: longer pairs are skipped with "
+                       f"--skip-invalid-size-inputs-valid-test, otherwise fairseq refuses them")
     return model
 
 
@@ -143,17 +161,26 @@ class TeacherEnsemble:
             self._placed = (device, dtype)
         return self
 
+    def _precision(self, device: torch.device):
+        """With keep_fp32, an enclosing autocast (fairseq's --amp wraps the training step in
+        one, not validation) must not lower the teacher's precision."""
+        if self.keep_fp32:
+            return torch.autocast(device_type=device.type, enabled=False)
+        return contextlib.nullcontext()
+
     @torch.no_grad()
     def encode(self, src_tokens, src_lengths):
-        return [m.encoder(src_tokens, src_lengths=src_lengths) for m in self.models]
+        with self._precision(src_tokens.device):
+            return [m.encoder(src_tokens, src_lengths=src_lengths) for m in self.models]
 
     @torch.no_grad()
     def logits(self, prev_output_tokens, encoder_outs, src_lengths):
         """Scores for the next token; for an ensemble, log of the mean probability."""
-        outs = [
-            m.decoder(prev_output_tokens, encoder_out=enc, src_lengths=src_lengths)[0]
-            for m, enc in zip(self.models, encoder_outs)
-        ]
+        with self._precision(prev_output_tokens.device):
+            outs = [
+                m.decoder(prev_output_tokens, encoder_out=enc, src_lengths=src_lengths)[0]
+                for m, enc in zip(self.models, encoder_outs)
+            ]
         if len(outs) == 1:
             return outs[0]
         log_probs = torch.stack([o.float().log_softmax(-1) for o in outs])

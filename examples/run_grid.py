@@ -38,6 +38,8 @@ SIZES = {
     "mini": ["--arch", "tie_kd_transformer_tiny", "--encoder-embed-dim", "96", "--decoder-embed-dim", "96",
              "--encoder-ffn-embed-dim", "384", "--decoder-ffn-embed-dim", "384"],
     "tiny": ["--arch", "tie_kd_transformer_tiny"],
+    "small": ["--arch", "tie_kd_transformer_small"],
+    "base": ["--arch", "tie_kd_transformer_base"],
 }
 TIE_KD = ["--task", "translation_tie_kd", "--criterion", "tie_kd", "--kd-rate", "0.5", "--kd-topk", "5"]
 METHODS = {  # the paper's settings: a = 0.5, k = 5, N = 3, label smoothing 0.1
@@ -89,7 +91,8 @@ def parse_args(argv=None):
     ap.add_argument("--eqtime-methods", default="ce_eqtime,word_kd_eqtime")
     ap.add_argument("--pool-per-epoch", type=int, default=2500)
     ap.add_argument("--max-tokens", type=int, default=1024)
-    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (inverse_sqrt, 300 warm-up updates)")
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (inverse_sqrt schedule)")
+    ap.add_argument("--warmup-updates", type=int, default=300)
     ap.add_argument("--save-every", type=int, default=50,
                     help="checkpoint every S updates (and validate, with --patience); the last --average-last are kept")
     ap.add_argument("--average-last", type=int, default=5)
@@ -123,6 +126,7 @@ class Grid:
         self.teacher = os.path.join(self.teacher_dir, f"average_last{args.average_last}.pt"
                                     if args.average_last > 1 else "checkpoint_last.pt")
         self.jobs = {}  # run name -> future, for the runs that wait on others
+        self.cuda = _cuda_available()
 
     def common(self, save_dir, updates, seed, patience=0, validate_every_save=False, save_every=None):
         a = self.a
@@ -137,13 +141,14 @@ class Grid:
             "--source-lang", a.src, "--target-lang", a.tgt,
             "--max-update", str(updates), "--seed", str(seed),
             "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--clip-norm", "1.0", "--lr", str(a.lr),
-            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "300", "--max-tokens", str(a.max_tokens),
+            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(a.warmup_updates),
+            "--max-tokens", str(a.max_tokens),
             "--share-all-embeddings", "--dropout", "0.1", "--label-smoothing", "0.1",
-            "--num-workers", "0", "--cpu", "--log-format", "simple", "--log-interval", "100",
+            "--num-workers", "0", "--log-format", "simple", "--log-interval", "100",
             # the last K checkpoints, S updates apart, for averaging
             "--no-epoch-checkpoints", "--save-interval-updates", str(save_every),
             "--keep-interval-updates", str(a.average_last), "--validate-after-updates", str(validate_after),
-        ] + (["--patience", str(patience)] if patience else [])
+        ] + (["--patience", str(patience)] if patience else []) + (["--cpu"] if not self.cuda else [])
 
     def run_plan(self):
         """[(name, size, method, seed)] for every student run, decoding-heavy runs spread out;
@@ -267,7 +272,7 @@ class Grid:
         log(f"{name}: {updates} updates ({record['stopped']}), {record['cpu_seconds'] / 60:.1f} CPU-min, "
             f"{record['train_seconds'] / 60:.1f} min")
 
-    def watch(self, proc, train_log, patience, cpu_segments, cpu_file, every=5.0):
+    def watch(self, proc, train_log, patience, cpu_segments, cpu_file, every=1.0):
         """Wait for ``proc``, recording its CPU time as it goes; with ``patience``, end it
         (SIGTERM) once the validations in its whole log say so and the checkpoint of that
         validation is saved (for resumed processes: fairseq's own counter restarts at 0; this one
@@ -396,6 +401,13 @@ class Grid:
         if not a.dry_run:
             self.record_invocation(start, time.time())
         log(f"all {len(plan)} student runs trained and evaluated under {self.work}")
+
+
+def _cuda_available():
+    """Whether fairseq-train would find a GPU (asked in a child: this process stays torch-free)."""
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True)
+    return probe.stdout.strip() == "True"
 
 
 def _write_json(path, obj):

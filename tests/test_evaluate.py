@@ -88,3 +88,32 @@ def test_bad_input_is_a_clear_error(case, message, student_run, toy_data, tmp_pa
     proc = tiekd_eval(run, data, *extra, ref=ref, check=False)
     assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bleu_tokenizer_follows_the_target_language(tmp_path):
+    """13a by default, sacreBLEU's own choice for Chinese (and Japanese, Korean), --tokenize wins."""
+    from argparse import Namespace
+
+    from tiekd_fairseq.evaluate import bleu_metric
+
+    def signature(**kw):
+        args = Namespace(**{"target_lang": None, "tokenize": None, "data": str(tmp_path), **kw})
+        bleu = bleu_metric(args)
+        bleu.corpus_score(["a b"], [["a b"]])
+        return str(bleu.get_signature())
+
+    assert "tok:13a" in signature(target_lang="de")
+    assert "tok:zh" in signature(target_lang="zh")
+    assert "tok:intl" in signature(target_lang="zh", tokenize="intl")
+
+
+def test_note_when_the_average_ends_before_the_last_update(tmp_path, capsys):
+    from tiekd_fairseq.evaluate import warn_if_behind_last
+
+    for name, updates in (("checkpoint_1_100.pt", 100), ("checkpoint_1_200.pt", 200), ("checkpoint_last.pt", 230)):
+        torch.save({"optimizer_history": [{"num_updates": updates}]}, tmp_path / name)
+    warn_if_behind_last(str(tmp_path), [str(tmp_path / "checkpoint_1_100.pt"), str(tmp_path / "checkpoint_1_200.pt")])
+    assert "the averaged checkpoints end at update 200, checkpoint_last.pt is at update 230" in capsys.readouterr().err
+    torch.save({"optimizer_history": [{"num_updates": 200}]}, tmp_path / "checkpoint_last.pt")
+    warn_if_behind_last(str(tmp_path), [str(tmp_path / "checkpoint_1_200.pt")])
+    assert capsys.readouterr().err == ""

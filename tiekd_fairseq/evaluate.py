@@ -63,6 +63,36 @@ def last_checkpoints(checkpoint_dir: str, k: int) -> List[str]:
     return [os.path.join(checkpoint_dir, name) for _, name in found[-k:]]
 
 
+def bleu_metric(args):
+    """sacreBLEU's BLEU with --tokenize, else its default for the target language."""
+    import sacrebleu
+    from fairseq.data.data_utils import infer_language_pair
+
+    target = args.target_lang or infer_language_pair(args.data)[1] or ""
+    try:
+        return sacrebleu.metrics.BLEU(tokenize=args.tokenize, trg_lang=target)
+    except Exception as err:  # an unknown tokenizer, or one whose extra package is missing
+        raise EvalError(f"--tokenize {args.tokenize or '(default for ' + target + ')'}: {err}")
+
+
+def _num_updates(path: str) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # no full read
+    return state["optimizer_history"][-1]["num_updates"]
+
+
+def warn_if_behind_last(checkpoint_dir: str, paths: List[str]) -> None:
+    """Say so when the averaged checkpoints end before checkpoint_last.pt (fairseq saves no
+    interval checkpoint at the update that ends training or an epoch)."""
+    last = os.path.join(checkpoint_dir, "checkpoint_last.pt")
+    if not os.path.isfile(last) or os.path.samefile(last, paths[-1]):
+        return
+    newest, final = _num_updates(paths[-1]), _num_updates(last)
+    if newest < final:
+        print(f"tiekd-eval: note: the averaged checkpoints end at update {newest:,}, checkpoint_last.pt is "
+              f"at update {final:,}; save at the last update too (--save-interval-updates dividing "
+              f"--max-update) to average the end of training", file=sys.stderr)
+
+
 def load_models(paths: List[str], data: str, task=None):
     """fairseq models and task for checkpoints of this plugin's (or fairseq's) translation runs."""
     import tiekd_fairseq  # noqa: F401  (registers the task, criterion and architectures)
@@ -192,6 +222,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="CPU threads of either engine (OMP_NUM_THREADS of fairseq-generate, CTranslate2's "
                     "intra_threads)")
+    ap.add_argument("--tokenize", default=None,
+                    help="sacreBLEU's BLEU tokenizer (default: sacreBLEU's choice for the target language: "
+                    "zh for Chinese, ja-mecab for Japanese, ko-mecab for Korean, else 13a)")
     ap.add_argument("--post-process", default="sentencepiece",
                     help="fairseq-generate --post-process that undoes the subwords ('none' keeps them)")
     ap.add_argument("--teacher", help="teacher checkpoint: also report teacher_top1_agree on the subset")
@@ -249,6 +282,7 @@ def evaluate(args) -> dict:
         if os.path.isfile(os.path.join(args.checkpoint_dir, "model.bin")):
             raise EvalError(f"{args.checkpoint_dir} is a CTranslate2 model: add --engine ctranslate2")
         paths = last_checkpoints(args.checkpoint_dir, args.average_last)
+        warn_if_behind_last(args.checkpoint_dir, paths)
         export.check_data(export.read_checkpoint(paths[-1]), args.data, args.source_lang, args.target_lang)
         out_dir = args.checkpoint_dir
         stem = f"eval-{args.gen_subset}-avg{args.average_last}-beam{args.beam}-lenpen{args.lenpen:g}"
@@ -284,7 +318,7 @@ def evaluate(args) -> dict:
     hyp_path = os.path.join(out_dir, stem + ".hyp")
     with open(hyp_path, "w", encoding="utf-8") as f:
         f.writelines(h + "\n" for h in hyps)
-    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    bleu, chrf = bleu_metric(args), sacrebleu.metrics.CHRF()
     b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
 
     record = {

@@ -23,6 +23,7 @@ PLUGIN = os.path.join(REPO, "tiekd_fairseq")
 
 
 def ours(args, save_dir):
+    import numpy as np
     import torch
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -40,10 +41,12 @@ def ours(args, save_dir):
     options_ = pseudo_targets.DecodeOptions(beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a,
                                             max_len_b=args.max_len_b, max_tokens=args.max_tokens)
     start = time.perf_counter()
-    pairs, skipped = pseudo_targets.decode(task, teacher.models, sources, range(len(sources)),
-                                           options_, torch.device("cpu"), 1, "bench")
+    (ids, lengths, tokens), skipped = pseudo_targets.decode(task, teacher.models, sources, range(len(sources)),
+                                                            options_, torch.device("cpu"), 1, "bench")
     seconds = time.perf_counter() - start
-    return {i: task.target_dictionary.string(t) for i, t in pairs.items()}, len(pairs) / seconds
+    targets = np.split(tokens, np.cumsum(lengths)[:-1])
+    return ({int(i): task.target_dictionary.string(torch.from_numpy(t)) for i, t in zip(ids, targets)},
+            len(ids) / seconds)
 
 
 def generate(args):

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import utils
 
 BENCH = os.path.join(utils.REPO, "benchmarks")
@@ -25,8 +27,29 @@ def test_train_step_benchmark_smoke(toy_data, tmp_path):
                     "--student-dim", "32", "--layers", "1", "--steps", "1", "--warmup", "1",
                     "--workdir", tmp_path, "--json", out], check=True, capture_output=True, text=True)
     r = json.loads(out.read_text())
-    assert set(r) == {"ce", "tie_kd_N1", "tie_kd_N3"}
-    assert all(v["median_s"] > 0 for v in r.values())
+    assert set(r) == {"ce", "tie_kd_N1", "tie_kd_N3", "tie_kd_N3_fused", "tie_kd_N3_fused_ckpt"}
+    assert all(v["median_s"] > 0 and v["peak_extra_bytes"] > 0 for v in r.values())
+    # the same weights, batches and seed: through fairseq's Trainer (Adam updates included),
+    # the fused and checkpointed steps log the unfused step's losses (to the log's 3 decimals)
+    for name in ("tie_kd_N3_fused", "tie_kd_N3_fused_ckpt"):
+        assert r[name]["losses"] == pytest.approx(r["tie_kd_N3"]["losses"], abs=1.01e-3), name
+
+
+def test_gpu_check_smoke(tmp_path):
+    """benchmarks/gpu_check.sh's CPU path (toy sizes): every check passes."""
+    out = tmp_path / "check.json"
+    proc = subprocess.run(["bash", os.path.join(BENCH, "gpu_check.sh"), "--smoke", "--workdir", tmp_path / "work",
+                           "--json", out], capture_output=True, text=True, env={**utils.CHILD_ENV,
+                                                                                 "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    names = [row[0] for row in r["rows"]]
+    assert [n for n in names if n.startswith("loss")] == [f"loss {kind} {dtype}" for dtype in ("float32", "bfloat16",
+                                                                                            "float16")
+                                                          for kind in ("unfused", "fused")]
+    assert "step tiny fp32 tie_kd_N3_fused" in names and "train 3 updates tie_kd N=3 fused+ckpt" in names
+    assert all(ok for _, ok, _ in r["rows"])
+    assert "tiekd GPU check" in proc.stdout and "figures" in proc.stdout
 
 
 def test_decode_benchmark_smoke(toy_data, teacher_checkpoint, tmp_path):

@@ -97,7 +97,12 @@ def test_iterative_passes_feed_previous_student_argmax(toy_data, teacher_checkpo
     sample = first_batch(task)
     student = no_dropout(task.build_model(cfg.model)).train()
     seen = []  # (decoder input, logits) of every student decoder call
-    student.decoder.register_forward_hook(lambda m, inp, out: seen.append((inp[0], out[0].detach())))
+    vocab = len(task.target_dictionary)
+
+    def logits(out):  # the fused loss (default) has the decoder return features
+        return out if out.size(-1) == vocab else student.decoder.output_layer(out)
+
+    student.decoder.register_forward_hook(lambda m, inp, out: seen.append((inp[0], logits(out[0]).detach())))
     teacher_inputs = []
     task.teacher.models[0].decoder.register_forward_hook(lambda m, inp, out: teacher_inputs.append(inp[0]))
     encoder_calls = []
@@ -107,7 +112,8 @@ def test_iterative_passes_feed_previous_student_argmax(toy_data, teacher_checkpo
     gold = sample["net_input"]["prev_output_tokens"]
     assert torch.equal(seen[0][0], gold)
     for i in range(1, iters):
-        want = next_decoder_input(gold, seen[i - 1][1].argmax(-1), task.target_dictionary.pad())
+        want = next_decoder_input(gold, seen[i - 1][1].argmax(-1), task.target_dictionary.pad(),
+                                  task.target_dictionary.unk())
         assert torch.equal(seen[i][0], want) and torch.equal(teacher_inputs[i], want)
         assert not torch.equal(want, gold)  # an untrained student does not reproduce the gold
 
@@ -116,6 +122,15 @@ def test_next_decoder_input_keeps_start_and_padding():
     pad, bos = 1, 2
     gold = torch.tensor([[bos, 5, 6, 7], [bos, 8, pad, pad], [pad, pad, bos, 9]])  # right and left padded
     pred = torch.tensor([[10, 11, 12, 13], [14, 15, 16, 17], [18, 19, 20, 21]])
-    got = next_decoder_input(gold, pred, pad)
+    got = next_decoder_input(gold, pred, pad, unk=3)
     assert got.tolist() == [[bos, 10, 11, 12], [bos, 14, pad, pad], [pad, pad, bos, 20]]
     assert gold[0, 1] == 5  # input not modified
+
+
+def test_next_decoder_input_feeds_a_predicted_pad_as_unk():
+    pad, bos, unk = 1, 2, 3
+    gold = torch.tensor([[bos, 5, 6, 7], [pad, bos, 8, 9]])
+    pred = torch.tensor([[pad, 11, pad, pad], [18, pad, bos, 21]])  # the last column is never fed
+    got = next_decoder_input(gold, pred, pad, unk)
+    assert got.tolist() == [[bos, unk, 11, unk], [pad, bos, unk, bos]]
+    assert pred[0, 0] == pad  # input not modified

@@ -124,8 +124,9 @@ def test_teacher_for_another_language_pair(toy_data, teacher_checkpoint, tmp_pat
     [
         (("--kd-topk", "0"), r"--kd-topk must be in \[1, target vocabulary size \d+\], got 0"),
         (("--kd-topk", "100000"), r"--kd-topk must be in \[1, target vocabulary size \d+\], got 100000"),
-        (("--kd-rate", "1.5"), r"--kd-rate must be in \[0, 1\], got 1.5"),
-        (("--kd-rate", "-0.1"), r"--kd-rate must be in \[0, 1\], got -0.1"),
+        (("--kd-rate", "1.5"), r"--kd-rate must be in \(0, 1\], got 1.5"),
+        (("--kd-rate", "-0.1"), r"--kd-rate must be in \(0, 1\], got -0.1"),
+        (("--kd-rate", "0"), r"--kd-rate 0 leaves label-smoothed CE alone .* use --criterion label_smoothed_cross_entropy"),
         (("--kd-iters", "0"), "--kd-iters must be >= 1, got 0"),
         (("--kd-no-kl", "--kd-no-top1", "--kd-no-topk"), "leave no KD term"),
     ],
@@ -225,7 +226,7 @@ def test_fairseq_train_prints_one_line(case, toy_data, teacher_checkpoint, tmp_p
             f"--teacher-path {tmp_path / 'notes.pt'}: not a readable fairseq checkpoint (not a file written by "
             "torch.save: a text file starting 'this is not a checkpoint', not a zip archive or a pickle)")
     elif case == "bad_kd_rate":
-        args, expected = kd(teacher_checkpoint, "--kd-rate", "1.5"), re.escape("--kd-rate must be in [0, 1], got 1.5")
+        args, expected = kd(teacher_checkpoint, "--kd-rate", "1.5"), re.escape("--kd-rate must be in (0, 1], got 1.5")
     else:
         args, expected = pool_args(teacher_checkpoint, tmp_path / "nope"), (
             rf"--unlabeled-data {re.escape(str(tmp_path / 'nope'))}: no binarized dataset \S+; make it with: "

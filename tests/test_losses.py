@@ -1,6 +1,7 @@
 """The TIE-KD loss terms against the slow restatement of tie_kd.md (tests/reference.py)."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tiekd_fairseq.losses import TEACHER_TARGETS, tie_kd_loss
 from reference import reference_terms
@@ -147,3 +148,39 @@ def test_shape_mismatch():
         tie_kd_loss(zs, zt[..., :-1], mask)
     with pytest.raises(ValueError, match="mask shape"):
         tie_kd_loss(zs, zt, mask[:, :-1])
+
+
+def test_backward_twice_with_retain_graph():
+    zs, zt, mask = random_batch(seed=18)
+    zs_got = zs.clone().requires_grad_()
+    loss = tie_kd_loss(zs_got, zt, mask, 5, weight=0.5).loss * 3.0
+    loss.backward(retain_graph=True)
+    once = zs_got.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(zs_got.grad, 2 * once)
+    zs_ref = zs.clone().requires_grad_()
+    (sum(reference_terms(zs_ref, zt, mask, 5)) * 0.5 * 3.0).backward()
+    torch.testing.assert_close(once, zs_ref.grad, rtol=1e-6, atol=1e-9)
+
+
+class HostReads(TorchDispatchMode):
+    """Records reads of tensor values by the host (``.item()``, ``bool(t)``): on a GPU each
+    one waits for the device to finish."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("factor", [1.0, 3.0])
+def test_backward_never_reads_values_on_the_host(factor):
+    zs, zt, mask = random_batch(seed=19, dtype=torch.float32)
+    zs.requires_grad_()
+    loss = tie_kd_loss(zs, zt, mask, 5).loss * factor
+    with HostReads() as reads:
+        loss.backward()
+    assert reads.count == 0

@@ -15,9 +15,12 @@ forward walks the positions in chunks, computes every term and the exact gradien
 weighted total with respect to the student logits into one buffer, and backward only
 scales that buffer. The student and teacher logits need not outlive the forward, and peak
 extra memory is one gradient-sized buffer plus a few ``chunk x V`` temporaries.
+
+The chunk loop (``_terms``) takes its logits from a callable, so that ``fused_output`` can
+feed it logits made chunk by chunk from decoder features instead of whole logit tensors.
 """
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -112,77 +115,151 @@ def _rank_chunk(ps, zt, lse_t, t_idx, s_idx, use_top1, use_topk):
     return top1, topk, dot, sparse
 
 
-def _terms(zs_all, zt_all, mask, k, use_kl, use_top1, use_topk, target, chunk, grad_buf, weight):
-    """Walk row chunks; return term sums and argmaxes, filling grad_buf if given."""
-    rows, vocab = zs_all.shape
-    sums = torch.zeros(3, dtype=torch.float64, device=zs_all.device)
-    s_arg = torch.empty(rows, dtype=torch.long, device=zs_all.device)
-    t_arg = torch.empty_like(s_arg)
-    # Half-precision logits are upcast chunk by chunk; float64 stays float64.
-    compute_dtype = torch.promote_types(zs_all.dtype, torch.float32)
+class LabelSmoothedCE(NamedTuple):
+    """The gold pass's label-smoothed cross-entropy, computed by ``_terms`` on the same chunks
+    as the KD terms (fused path). Same definition as fairseq's ``label_smoothed_nll_loss``:
+    ``(1 - eps - eps_i) * nll + eps_i * sum_v -log p_S(v)``, ``eps_i = eps / (V - 1)``."""
+
+    target: Tensor  # (rows,) gold ids
+    epsilon: float
+    weight: float  # factor of the CE in the differentiated total
+
+
+# (start, end) -> (student logits, teacher logits) of rows start:end, in the compute dtype;
+# the teacher's may be None when no KD term is enabled.
+ChunkLogits = Callable[[int, int], Tuple[Tensor, Optional[Tensor]]]
+# (start, end, d total / d student logits of rows start:end); the tensor is scratch space.
+GradSink = Callable[[int, int, Tensor], None]
+
+# Order of the float64 sums returned by _terms.
+KL, TOP1, TOPK, NLL, SMOOTH = range(5)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision inputs are computed (and their gradients kept) in float32; float64 stays."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _terms(rows: int, chunk_logits: ChunkLogits, mask: Tensor, k, use_kl, use_top1, use_topk, target,
+           chunk: int, grad_sink: Optional[GradSink], weight: float, ce: Optional[LabelSmoothedCE] = None):
+    """Walk row chunks; return the float64 sums (KL, TOP1, TOPK, NLL, SMOOTH above) over
+    included rows and both argmaxes, handing the gradient of
+    ``weight * (enabled terms) + ce.weight * CE`` w.r.t. each chunk's student logits to
+    ``grad_sink`` if given."""
+    device = mask.device
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    s_arg = torch.empty(rows, dtype=torch.long, device=device)
+    t_arg = torch.full_like(s_arg, -1)
     use_rank = use_top1 or use_topk
     for start in range(0, rows, chunk):
         end = min(rows, start + chunk)
-        zs = zs_all[start:end].to(compute_dtype)
-        zt = zt_all[start:end].to(compute_dtype)
-        m = mask[start:end].to(compute_dtype)
+        zs, zt = chunk_logits(start, end)
+        m = mask[start:end].to(zs.dtype)
         lse_s = zs.logsumexp(-1, keepdim=True)
-        lse_t = zt.logsumexp(-1, keepdim=True)
         ps = (zs - lse_s).exp_()
         # top-k indices are ordered, so their first column is the argmax
         t_idx = zt.topk(k, dim=-1).indices if use_rank or (use_kl and target == "topk") else None
         s_idx = zs.topk(k, dim=-1).indices if use_topk else None
-        t_arg[start:end] = t_idx[:, 0] if t_idx is not None else zt.argmax(-1)
         s_arg[start:end] = s_idx[:, 0] if s_idx is not None else zs.argmax(-1)
         q, sparse, dot = None, [], zs.new_zeros(end - start)
+        if zt is not None:  # None only when no KD term is enabled (CE alone)
+            lse_t = zt.logsumexp(-1, keepdim=True)
+            t_arg[start:end] = t_idx[:, 0] if t_idx is not None else zt.argmax(-1)
         if use_kl:
             kl, q, q_sparse = _kl_chunk(zs, zt, lse_s, lse_t, t_idx, t_arg[start:end], target)
-            sums[0] += (kl * m).sum()
+            sums[KL] += (kl * m).sum()
             if q_sparse is not None:
                 sparse.append((q_sparse[0], -q_sparse[1]))
         if use_rank:
             top1, topk, dot, rank_sparse = _rank_chunk(ps, zt, lse_t, t_idx, s_idx, use_top1, use_topk)
-            sums[1] += (top1 * m).sum()
-            sums[2] += (topk * m).sum()
+            sums[TOP1] += (top1 * m).sum()
+            sums[TOPK] += (topk * m).sum()
             sparse += rank_sparse
-        if grad_buf is None:
+        if ce is not None:
+            gold = ce.target[start:end, None]
+            sums[NLL] += ((lse_s - zs.gather(1, gold)).view(-1) * m).sum()
+            if ce.epsilon > 0:
+                sums[SMOOTH] += ((lse_s - zs).sum(-1) * m).sum()
+        if grad_sink is None:
             continue
-        # d(weight * terms)/dz = wm * [p_S * (use_kl - dot) - q_dense + scatter(sparse)]
+        # d(weight * terms)/dz = wm * [p_S * (use_kl - dot) - q_dense + scatter(sparse)];
+        # d CE/dz = p_S - (1 - eps - eps_i) * onehot(gold) - eps_i (the p_S factors sum to 1)
         wm = (m * weight)[:, None]
-        grad = ps.mul_((float(use_kl) - dot[:, None]) * wm)  # ps is not needed any more
+        coef = (float(use_kl) - dot[:, None]) * wm
+        if ce is not None:
+            cm = (m * ce.weight)[:, None]
+            coef = coef + cm
+        grad = ps.mul_(coef)  # ps is not needed any more
         if q is not None:
             grad.addcmul_(q, wm, value=-1.0)
         for idx, vals in sparse:
             grad.scatter_add_(1, idx, vals * wm)
-        grad_buf[start:end] = grad
+        if ce is not None:
+            eps_i = ce.epsilon / (zs.size(1) - 1)
+            if eps_i > 0:
+                grad.sub_(cm * eps_i)
+            grad.scatter_add_(1, gold, cm * -(1.0 - ce.epsilon - eps_i))
+        grad_sink(start, end, grad)
     return sums, s_arg, t_arg
 
 
-def _weighted_total(sums: Tensor, enabled, weight: float, dtype: torch.dtype) -> Tensor:
-    # Reported in at least float32: a half-precision sum over a batch can overflow.
-    total = (sums * sums.new_tensor(enabled)).sum().mul(weight)
-    return total.to(torch.promote_types(dtype, torch.float32))
+def label_smoothed_ce(sums: Tensor, epsilon: float, vocab: int) -> Tensor:
+    """fairseq's label-smoothed CE from the NLL and SMOOTH sums of ``_terms``."""
+    eps_i = epsilon / (vocab - 1)
+    return (1.0 - epsilon - eps_i) * sums[NLL] + eps_i * sums[SMOOTH]
+
+
+def kd_total(sums: Tensor, enabled, weight: float) -> Tensor:
+    """weight * (sum of the enabled KD terms), float64."""
+    return (sums[:3] * sums.new_tensor(enabled)).sum().mul(weight)
+
+
+def slices(zs_all: Tensor, zt_all: Tensor, dtype: torch.dtype) -> ChunkLogits:
+    """ChunkLogits of whole logit tensors: row slices, upcast chunk by chunk."""
+    return lambda start, end: (zs_all[start:end].to(dtype), zt_all[start:end].to(dtype))
+
+
+def _graph_kept() -> bool:
+    """Whether the running backward keeps the graph (retain_graph=True), so that it may run
+    again and read its saved buffers. torch has no public way to ask; without this private
+    one, assume it is kept."""
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if probe is None else bool(probe())
+
+
+def scaled_gradient(buffer: Tensor, factor: Tensor, dtype: torch.dtype) -> Tensor:
+    """``buffer * factor`` rounded to ``dtype`` (scale, then round, as fairseq's own fp16 CE path
+    does: rounded first, small entries would flush to 0). In place when no later backward can
+    read the buffer, so that it costs no copy; the factor is never read on the host (that would
+    wait for the GPU on every backward)."""
+    if _graph_kept():
+        return (buffer * factor).to(dtype)
+    return buffer.mul_(factor).to(dtype)
 
 
 class _TieKDFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zs, zt, mask, k, use_kl, use_top1, use_topk, target, chunk, weight):
-        grad_buf = torch.empty_like(zs)
-        sums, s_arg, t_arg = _terms(
-            zs, zt, mask, k, use_kl, use_top1, use_topk, target, chunk, grad_buf, weight
-        )
+        dtype = compute_dtype(zs.dtype)
+        # Kept in float32 for half inputs: rounded to half before backward applies the loss
+        # scale, most small entries of a 32k-vocabulary gradient would flush to 0.
+        grad_buf = torch.empty(zs.shape, dtype=dtype, device=zs.device)
+
+        def sink(start, end, grad):
+            grad_buf[start:end] = grad
+
+        sums, s_arg, t_arg = _terms(zs.size(0), slices(zs, zt, dtype), mask, k, use_kl, use_top1,
+                                    use_topk, target, chunk, sink, weight)
         ctx.save_for_backward(grad_buf)
-        loss = _weighted_total(sums, (use_kl, use_top1, use_topk), weight, zs.dtype)
+        ctx.input_dtype = zs.dtype
+        loss = kd_total(sums, (use_kl, use_top1, use_topk), weight).to(dtype)
         ctx.mark_non_differentiable(sums, s_arg, t_arg)
         return loss, sums, s_arg, t_arg
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
         (grad_buf,) = ctx.saved_tensors
-        # The buffer already holds weight * d(terms)/dz; an upstream factor of 1 (plain
-        # fp32 training) needs no copy.
-        grad = grad_buf if bool(grad_loss == 1) else grad_buf * grad_loss.to(grad_buf.dtype)
-        return (grad,) + (None,) * 9
+        return (scaled_gradient(grad_buf, grad_loss, ctx.input_dtype),) + (None,) * 9
 
 
 def tie_kd_loss(
@@ -228,12 +305,15 @@ def tie_kd_loss(
     zt = teacher_logits.detach().reshape(-1, vocab)
     m = mask.reshape(-1)
     chunk = chunk_rows(zs.size(0), vocab, chunk_tokens)
-    args = (zs, zt, m, k, kl, top1, topk, teacher_target, chunk)
     if zs.requires_grad and torch.is_grad_enabled():
-        loss, sums, s_arg, t_arg = _TieKDFunction.apply(*args, weight)
+        loss, sums, s_arg, t_arg = _TieKDFunction.apply(zs, zt, m, k, kl, top1, topk, teacher_target,
+                                                        chunk, weight)
     else:
-        sums, s_arg, t_arg = _terms(*args, None, weight)
-        loss = _weighted_total(sums, (kl, top1, topk), weight, zs.dtype)
+        dtype = compute_dtype(zs.dtype)
+        sums, s_arg, t_arg = _terms(zs.size(0), slices(zs, zt, dtype), m, k, kl, top1, topk,
+                                    teacher_target, chunk, None, weight)
+        loss = kd_total(sums, (kl, top1, topk), weight).to(dtype)
+    # Reported in at least float32: a half-precision sum over a batch can overflow.
     sums = sums.to(loss.dtype)
     return KDTerms(
         loss=loss,
@@ -245,14 +325,17 @@ def tie_kd_loss(
     )
 
 
-def next_decoder_input(gold_prev: Tensor, predictions: Tensor, pad: int) -> Tensor:
+def next_decoder_input(gold_prev: Tensor, predictions: Tensor, pad: int, unk: int) -> Tensor:
     """Decoder input of the next iterative pass: ``[bos] + predictions[:-1]``.
 
     ``gold_prev`` is the gold-prefix decoder input (its first non-pad token is the
     start symbol); padding stays where it is in ``gold_prev``, so the decoder sees the same
-    lengths and padding mask as in the gold pass. Returns a new tensor.
+    lengths and padding mask as in the gold pass. A predicted pad becomes ``unk``: fed as pad,
+    the decoder would mask that position out of self-attention and give it pad's position.
+    Returns a new tensor.
     """
-    shifted = torch.cat([gold_prev[:, :1], predictions[:, :-1]], dim=1)
+    fed = predictions[:, :-1].masked_fill(predictions[:, :-1].eq(pad), unk)
+    shifted = torch.cat([gold_prev[:, :1], fed], dim=1)
     not_pad = gold_prev.ne(pad)
     start = not_pad & (not_pad.long().cumsum(1) == 1)
     return torch.where(start | ~not_pad, gold_prev, shifted)

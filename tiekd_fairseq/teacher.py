@@ -174,13 +174,20 @@ class TeacherEnsemble:
             return [m.encoder(src_tokens, src_lengths=src_lengths) for m in self.models]
 
     @torch.no_grad()
-    def logits(self, prev_output_tokens, encoder_outs, src_lengths):
-        """Scores for the next token; for an ensemble, log of the mean probability."""
+    def features(self, prev_output_tokens, encoder_outs, src_lengths, features_only: bool = True):
+        """Each teacher's decoder output: features before the output layer (for the fused loss),
+        or with ``features_only=False`` its logits."""
         with self._precision(prev_output_tokens.device):
-            outs = [
-                m.decoder(prev_output_tokens, encoder_out=enc, src_lengths=src_lengths)[0]
+            return [
+                m.decoder(prev_output_tokens, encoder_out=enc, src_lengths=src_lengths,
+                          features_only=features_only)[0]
                 for m, enc in zip(self.models, encoder_outs)
             ]
+
+    @torch.no_grad()
+    def logits(self, prev_output_tokens, encoder_outs, src_lengths):
+        """Scores for the next token; for an ensemble, log of the mean probability."""
+        outs = self.features(prev_output_tokens, encoder_outs, src_lengths, features_only=False)
         if len(outs) == 1:
             return outs[0]
         log_probs = torch.stack([o.float().log_softmax(-1) for o in outs])

@@ -1,0 +1,89 @@
+"""The criterion through torch's DistributedDataParallel, which fairseq's default
+--ddp-backend pytorch_ddp wraps the student in (inside its ModuleProxyWrapper): one CPU
+process, gloo, world size 1. (fairseq 0.12's own wrapper passes CUDA device ids, so it is
+built here as it builds it, with device_ids=None.)"""
+import copy
+
+import pytest
+import torch
+import torch.distributed as dist
+from fairseq.distributed import ModuleProxyWrapper
+from torch.nn.parallel import DistributedDataParallel
+
+from test_criterion import first_batch, no_dropout
+from test_criterion import setup as setup_criterion
+from test_fused_criterion import TIED, assert_same
+from tiekd_fairseq.errors import ConfigError
+
+LOSS_SCALE = 128.0  # as --fp16's scaler multiplies the loss before backward
+
+
+@pytest.fixture(scope="module", autouse=True)
+def process_group(tmp_path_factory):
+    store = dist.FileStore(str(tmp_path_factory.mktemp("ddp") / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def ddp(model):
+    return ModuleProxyWrapper(DistributedDataParallel(model, device_ids=None))
+
+
+def steps(criterion, model, sample, n=2):
+    """n forward + backward steps (the second finds out whether DDP's reducer finished the
+    first); loss, logging output and gradients of each."""
+    out = []
+    for _ in range(n):
+        model.zero_grad(set_to_none=True)
+        loss, _, log = criterion(model, sample)
+        (loss * LOSS_SCALE).backward()
+        grads = {n.replace("module.module.", ""): p.grad / LOSS_SCALE for n, p in model.named_parameters()}
+        out.append((loss.detach(), log, grads))
+    return out
+
+
+@pytest.mark.parametrize("embeddings", [(), TIED], ids=["untied", "tied"])
+@pytest.mark.parametrize("variant", [("--kd-fused-output", "auto"),
+                                     ("--kd-fused-output", "auto", "--kd-checkpoint-passes"),
+                                     ("--kd-fused-output", "off", "--kd-checkpoint-passes")],
+                         ids=["fused", "fused+checkpointed", "unfused+checkpointed"])
+def test_under_ddp_same_as_unfused_without(toy_data, teacher_checkpoint, embeddings, variant):
+    cfg, task, plain = setup_criterion(toy_data, teacher_checkpoint, *embeddings, "--kd-iters", "3",
+                                       "--kd-fused-output", "off")
+    _, _, criterion = setup_criterion(toy_data, teacher_checkpoint, *embeddings, "--kd-iters", "3", *variant)
+    torch.manual_seed(0)
+    student = no_dropout(task.build_model(cfg.model)).train()
+    wrapped = ddp(copy.deepcopy(student))
+    sample = first_batch(task)
+    for want, got in zip(steps(plain, student, sample), steps(criterion, wrapped, sample)):
+        assert_same(want, got)
+
+
+def test_fairseq_checkpoint_activations_refused_under_ddp(toy_data, teacher_checkpoint):
+    """fairseq's --checkpoint-activations recomputes each layer in a reentrant backward of its
+    own, one per pass, so DDP sees a parameter made ready twice; refused at the first step,
+    before any update, naming what works."""
+    cfg, task, criterion = setup_criterion(toy_data, teacher_checkpoint, "--checkpoint-activations",
+                                           "--kd-iters", "2")
+    student = task.build_model(cfg.model).train()
+    sample = first_batch(task)
+    with pytest.raises(ConfigError, match="--checkpoint-activations with --kd-iters 2 fails under --ddp-backend "
+                                          "pytorch_ddp .*use --kd-checkpoint-passes"):
+        criterion(ddp(student), sample)
+    assert all(p.grad is None for p in student.parameters())
+    loss, _, _ = criterion(student, sample)  # without DDP (one process) it works
+    loss.backward()
+    _, _, one_pass = setup_criterion(toy_data, teacher_checkpoint, "--checkpoint-activations", "--kd-iters", "1")
+    steps(one_pass, ddp(copy.deepcopy(student)), sample)  # and so does one pass under DDP
+
+
+def test_what_the_refusal_prevents(toy_data, teacher_checkpoint):
+    """The failure itself (if a torch release makes it work, the refusal can go)."""
+    cfg, task, criterion = setup_criterion(toy_data, teacher_checkpoint, "--checkpoint-activations",
+                                           "--kd-iters", "2")
+    criterion._model_checked = True  # skip the check
+    wrapped = ddp(task.build_model(cfg.model).train())  # (DDP's hooks live as long as the wrapper)
+    loss, _, _ = criterion(wrapped, first_batch(task))
+    with pytest.raises(RuntimeError, match="mark a variable ready only once"):
+        loss.backward()

@@ -6,7 +6,7 @@
 # usage: bash examples/run_converged.sh CORPUS_DIR [WORK_DIR]
 #   CORPUS_DIR holds en-de/ and en-fr/ (and en-es/) with {train,valid,test}.{en,XX} plain text,
 #   e.g. the output of ../shared/mtdata/build.sh OUT (OUT/corpus).
-# Then: python examples/results_table.py --work WORK_DIR/en-de --second WORK_DIR/en-fr
+# Then: python examples/results_table.py --work WORK_DIR/en-de --work WORK_DIR/en-fr
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=$(cd "$1" && pwd) W=${2:-work/converged}

@@ -1,5 +1,5 @@
 """Online pseudo-targets (--unlabeled-online): the teacher translates pool sentences drawn at
-every update, and they join that update's batch."""
+every update, and they train in that update."""
 import re
 
 import numpy as np
@@ -131,3 +131,42 @@ def test_fully_sharded_with_iterative_passes_is_refused(toy_data, teacher_checkp
     cfg = parsed(toy_data, tmp_path / "save", *args)
     with pytest.raises(ConfigError, match="--ddp-backend fully_sharded with --kd-iters > 1 is not supported"):
         tasks.setup_task(cfg.task).build_criterion(cfg.criterion)
+
+
+# -- one update: the labeled batch and the pseudo pairs as two sub-batches ------------------------
+def test_pseudo_sub_batch_trains_as_one_collated_batch_would(toy_data, teacher_checkpoint, pool, tmp_path):
+    """The pseudo pairs train as a second sub-batch of the update (not collated into the labeled
+    batch, which they would pad to their longest sentence): the summed loss, sample size and
+    every gradient equal those of the one collated batch (dropout off)."""
+    from fairseq import optim
+    from fairseq.data.language_pair_dataset import collate
+
+    from test_criterion import first_batch, no_dropout
+
+    task, teachers = online_task(toy_data, tmp_path, *online_args(teacher_checkpoint, pool))
+    cfg = parsed(toy_data, tmp_path, *online_args(teacher_checkpoint, pool))
+    task.load_dataset("valid")
+    torch.manual_seed(0)
+    model = no_dropout(task.build_model(cfg.model)).train()
+    criterion = task.build_criterion(cfg.criterion)
+    optimizer = optim.build_optimizer(cfg.optimizer, list(model.parameters()))
+    sample = first_batch(task)
+
+    loss, size, log = task.train_step(sample, model, criterion, optimizer, update_num=3)
+    split = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert log["pseudo_sentences"] > 0
+
+    drawn, targets = task._online().translate(3, 0, teachers, torch.device("cpu"))  # what update 3 drew
+    pad = task.tgt_dict.pad()
+    items = [{"id": int(i), "source": s[s.ne(pad)], "target": t[t.ne(pad)]}
+             for i, s, t in zip(sample["id"], sample["net_input"]["src_tokens"], sample["target"])]
+    items += [{"id": 10_000 + j, "source": task.pool[int(k)], "target": t} for j, (k, t) in enumerate(zip(drawn, targets))]
+    joint = collate(items, pad, task.tgt_dict.eos(), left_pad_source=task.cfg.left_pad_source,
+                    left_pad_target=task.cfg.left_pad_target, input_feeding=True)
+    model.zero_grad(set_to_none=True)
+    joint_loss, joint_size, _ = criterion(model, joint)
+    joint_loss.backward()
+    assert size == joint_size and log["pseudo_sentences"] == len(targets)
+    torch.testing.assert_close(loss, joint_loss, rtol=1e-5, atol=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(split[n], p.grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=n: f"{n}: {m}")

@@ -1,6 +1,7 @@
 """Online pseudo-targets: at every update the frozen teacher translates a few pool sentences,
-and they join that update's labeled batch (one collated batch, one forward and backward), so
-DDP, ``--update-freq``, fp16 loss scaling and the criterion work unchanged."""
+and they train in that update: a second sub-batch of the same update (see
+``TranslationTieKDTask.train_step``), so DDP, ``--update-freq``, fp16 loss scaling and the
+criterion work unchanged."""
 
 import time
 
@@ -44,20 +45,17 @@ class OnlinePseudoPairs:
             targets[row] = t
         return drawn, targets
 
-    def extend(self, sample, update: int, slot: int, models, device):
-        """``sample`` re-collated with this slot's pseudo pairs; and (sentences, target tokens)."""
+    def sample(self, update: int, slot: int, models, device):
+        """This slot's pseudo pairs as a training sample (None if every drawn source was too
+        long), and (sentences, target tokens)."""
         drawn, targets = self.translate(update, slot, models, device)
         if not targets:
-            return sample, 0, 0
-        task, pad = self.task, self.task.tgt_dict.pad()
-        src, tgt = sample["net_input"]["src_tokens"], sample["target"]
-        items = [{"id": int(i), "source": s[s.ne(pad)].cpu(), "target": t[t.ne(pad)].cpu()}
-                 for i, s, t in zip(sample["id"], src, tgt)]
-        items += [{"id": -1 - j, "source": self.pool[int(k)], "target": t}
-                  for j, (k, t) in enumerate(zip(drawn, targets))]
-        joint = collate(items, pad, task.tgt_dict.eos(), left_pad_source=task.cfg.left_pad_source,
-                        left_pad_target=task.cfg.left_pad_target, input_feeding=True,
-                        pad_to_multiple=task.cfg.required_seq_len_multiple)
-        if src.device.type == "cuda":
-            joint = utils.move_to_cuda(joint, device=src.device)
-        return joint, len(targets), int(sum(len(t) for t in targets))
+            return None, 0, 0
+        task = self.task
+        items = [{"id": j, "source": self.pool[int(k)], "target": t} for j, (k, t) in enumerate(zip(drawn, targets))]
+        sample = collate(items, task.tgt_dict.pad(), task.tgt_dict.eos(), left_pad_source=task.cfg.left_pad_source,
+                         left_pad_target=task.cfg.left_pad_target, input_feeding=True,
+                         pad_to_multiple=task.cfg.required_seq_len_multiple)
+        if device.type == "cuda":
+            sample = utils.move_to_cuda(sample, device=device)
+        return sample, len(targets), int(sum(len(t) for t in targets))

@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from test_criterion import first_batch, no_dropout
 from test_criterion import setup as setup_criterion
 from test_fused_criterion import TIED, assert_same
+from test_online import online_args, online_task, parsed, pool  # noqa: F401 (pool: a fixture)
 from tiekd_fairseq.errors import ConfigError
 
 LOSS_SCALE = 128.0  # as --fp16's scaler multiplies the loss before backward
@@ -87,3 +88,35 @@ def test_what_the_refusal_prevents(toy_data, teacher_checkpoint):
     loss, _, _ = criterion(wrapped, first_batch(task))
     with pytest.raises(RuntimeError, match="mark a variable ready only once"):
         loss.backward()
+
+
+def test_online_update_under_ddp(toy_data, teacher_checkpoint, pool, tmp_path):
+    """--unlabeled-online trains an update's pseudo pairs as a second sub-batch, the first
+    backward inside DDP's no_sync: two updates through DDP give the unwrapped model's losses and
+    gradients."""
+    from fairseq import optim
+
+    args = online_args(teacher_checkpoint, pool, "--kd-iters", "3")
+    cfg = parsed(toy_data, tmp_path, *args)
+    tasks_ = [online_task(toy_data, tmp_path, *args)[0] for _ in range(2)]  # a task counts its micro-batches
+    for task in tasks_:
+        task.load_dataset("valid")
+    criterion = tasks_[0].build_criterion(cfg.criterion)
+    torch.manual_seed(0)
+    student = no_dropout(tasks_[0].build_model(cfg.model)).train()
+    wrapped = ddp(copy.deepcopy(student))
+    sample = first_batch(tasks_[0])
+    for update in (3, 4):
+        results = []
+        for task, model in zip(tasks_, (student, wrapped)):
+            model.zero_grad(set_to_none=True)
+            optimizer = optim.build_optimizer(cfg.optimizer, list(model.parameters()))
+            loss, _, log = task.train_step(sample, model, criterion, optimizer, update_num=update)
+            assert log["pseudo_sentences"] > 0
+            grads = {n.replace("module.module.", ""): p.grad.clone() for n, p in model.named_parameters()}
+            results.append((loss.detach(), grads))
+        (want_loss, want), (got_loss, got) = results
+        torch.testing.assert_close(got_loss, want_loss)
+        assert want.keys() == got.keys()
+        for n in want:
+            torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-7, msg=lambda m, n=n: f"{n}: {m}")

@@ -100,6 +100,10 @@ def test_online_training_logs_and_restart_matches_uninterrupted_run(toy_data, te
     a = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "killed" / "checkpoint_last.pt", weights_only=True)["model"]
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    # the student evaluates without its pool (tiekd-eval once refused: "needs an unlabeled pool")
+    out = utils.cli("tiekd-eval", tmp_path / "full", "--data", toy_data, "--ref", toy_data.parent / "raw" / "test.tgt",
+                    "--post-process", "none", "--average-last", "1", "--beam", "1")
+    assert "BLEU" in out.stdout
 
 
 # -- bad input -------------------------------------------------------------------------------

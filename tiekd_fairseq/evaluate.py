@@ -100,7 +100,7 @@ def load_models(paths: List[str], data: str, task=None):
 
     # Evaluation needs neither the unlabeled pool nor seq-KD targets.
     overrides = {"data": data, "unlabeled_data": "", "unlabeled_per_epoch": None, "unlabeled_ratio": None,
-                 "seq_kd": False}
+                 "unlabeled_online": False, "unlabeled_online_max_tokens": None, "seq_kd": False}
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(paths, arg_overrides=overrides, task=task)
     for model in models:
         model.eval()

@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.8",
     install_requires=[
         # Stock fairseq 0.12.2 does not import on Python >= 3.11; ve-fairseq is the same
-        # code base with the 3.11 fixes, prebuilt (see README, "Which fairseq").
+        # code base with the 3.11 fixes, prebuilt (see docs/install.md, "Which fairseq").
         'fairseq>=0.12.2; python_version < "3.11"',
         've-fairseq==0.12.3; python_version >= "3.11"',
         "torch>=1.10",

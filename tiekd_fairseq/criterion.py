@@ -4,7 +4,7 @@
 
 Pass 0 feeds the gold prefix; pass i > 0 feeds ``[bos] + argmax(student pass i-1)[:-1]``.
 The student's and teachers' encoders run once. Vanilla word-level KD is
-``--kd-iters 1 --kd-no-top1 --kd-no-topk``; see README for the paper's ablations.
+``--kd-iters 1 --kd-no-top1 --kd-no-topk``; docs/options.md lists the paper's ablations.
 
 With ``--kd-fused-output auto`` (the default) and decoders whose output layer is a plain
 linear projection, the decoders return features and ``fused_output`` makes the logits chunk

@@ -121,12 +121,10 @@ def plain_projection(decoder: nn.Module) -> Tuple[Optional[torch.Tensor], str]:
     name = type(decoder).__name__
     if not isinstance(decoder, TransformerDecoderBase):
         return None, f"{name} is not a fairseq TransformerDecoder"
-    if decoder.adaptive_softmax is not None:
-        return None, f"{name} has an adaptive softmax"
     for method in ("output_layer", "get_normalized_probs", "get_normalized_probs_scriptable"):
         if getattr(type(decoder), method) is not getattr(TransformerDecoderBase, method):
             return None, f"{name} overrides {method}"
-    projection = decoder.output_projection
+    projection = getattr(decoder, "output_projection", None)  # absent with an adaptive softmax
     if type(projection) is not nn.Linear or projection.bias is not None:
         return None, f"the output projection of {name} is not a bias-free nn.Linear"
     return projection.weight, ""

@@ -22,9 +22,9 @@ from torch import Tensor
 
 from .losses import (
     NLL,
-    TEACHER_TARGETS,
     LabelSmoothedCE,
     _terms,
+    check_options,
     chunk_rows,
     compute_dtype,
     kd_total,
@@ -167,10 +167,7 @@ def fused_tie_kd_loss(
         raise ValueError(f"mask shape {tuple(mask.shape)} must be {tuple(lead)}")
     if (kl or top1 or topk) and not teacher_features:
         raise ValueError("the KD terms need teacher features")
-    if not 1 <= k <= vocab:
-        raise ValueError(f"k must be in [1, vocabulary size {vocab}], got {k}")
-    if teacher_target not in TEACHER_TARGETS:
-        raise ValueError(f"teacher_target must be one of {TEACHER_TARGETS}, got {teacher_target!r}")
+    check_options(k, vocab, teacher_target)
     h_s = student_features.reshape(-1, dim)
     teacher = ([h.detach().reshape(-1, h.size(-1)) for h in teacher_features], [w.detach() for w in teacher_weights],
                teacher_fp32)

@@ -262,6 +262,13 @@ class _TieKDFunction(torch.autograd.Function):
         return (scaled_gradient(grad_buf, grad_loss, ctx.input_dtype),) + (None,) * 9
 
 
+def check_options(k: int, vocab: int, teacher_target: str) -> None:
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k must be in [1, vocabulary size {vocab}], got {k}")
+    if teacher_target not in TEACHER_TARGETS:
+        raise ValueError(f"teacher_target must be one of {TEACHER_TARGETS}, got {teacher_target!r}")
+
+
 def tie_kd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -296,10 +303,7 @@ def tie_kd_loss(
     if mask.shape != student_logits.shape[:-1]:
         raise ValueError(f"mask shape {tuple(mask.shape)} must be {tuple(student_logits.shape[:-1])}")
     vocab = student_logits.size(-1)
-    if not 1 <= k <= vocab:
-        raise ValueError(f"k must be in [1, vocabulary size {vocab}], got {k}")
-    if teacher_target not in TEACHER_TARGETS:
-        raise ValueError(f"teacher_target must be one of {TEACHER_TARGETS}, got {teacher_target!r}")
+    check_options(k, vocab, teacher_target)
     lead = student_logits.shape[:-1]
     zs = student_logits.reshape(-1, vocab)
     zt = teacher_logits.detach().reshape(-1, vocab)

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TieKDCriterionConfig(FairseqDataclass):
     kd_rate: float = field(
-        default=0.5, metadata={"help": "KD weight a in (1-a)*CE + a*KD, in [0, 1]"}
+        default=0.5, metadata={"help": "KD weight a in (1-a)*CE + a*KD, in (0, 1]"}
     )
     kd_iters: int = field(
         default=3,

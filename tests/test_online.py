@@ -106,6 +106,34 @@ def test_online_training_logs_and_restart_matches_uninterrupted_run(toy_data, te
     assert "BLEU" in out.stdout
 
 
+@pytest.mark.parametrize("update_freq", ["2", "1,2"])
+def test_a_retried_update_draws_its_own_slots(toy_data, teacher_checkpoint, pool, tmp_path, update_freq):
+    """fairseq retries an update with the same update_num after an fp16 overflow or an OOM: the
+    retry draws from that update's slots again, never the next update's (they trained twice).
+    A per-epoch --update-freq list lays the slots out for its largest value."""
+    from fairseq import optim
+
+    from test_criterion import first_batch
+
+    args = online_args(teacher_checkpoint, pool, "--kd-iters", "1", "--update-freq", update_freq)
+    task, _ = online_task(toy_data, tmp_path, *args)
+    cfg = parsed(toy_data, tmp_path, *args)
+    task.load_dataset("valid")
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    optimizer = optim.build_optimizer(cfg.optimizer, list(model.parameters()))
+    walk = task._online().walk
+    assert walk.slots_per_update == 2
+    drawn = []
+    draw = walk.draw
+    walk.draw = lambda update, slot: drawn.append((update, slot)) or draw(update, slot)
+    sample = first_batch(task)
+    for update in (5, 5, 6):  # update 5, its retry, update 6; two micro-batches each
+        for _ in range(2):
+            task.train_step(sample, model, criterion, optimizer, update)
+    assert drawn == [(5, 0), (5, 1), (5, 0), (5, 1), (6, 0), (6, 1)]
+
+
 # -- bad input -------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra,message", [
     (("--unlabeled-online",), "--unlabeled-online needs an unlabeled pool: add --unlabeled-data POOL_DIR"),

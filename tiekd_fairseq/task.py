@@ -235,8 +235,11 @@ class TranslationTieKDTask(TranslationTask):
         rank, world, _ = pseudo_targets._world()
         if self._online_step[0] != update_num:  # a new update: its first micro-batch
             self._online_step = (update_num, 0)
-        micro = self._online_step[1]
-        self._online_step = (update_num, micro + 1)
+        # Modulo the slots an update has: when fairseq retries an update (fp16 overflow, OOM)
+        # with the same update_num, the retry draws from that update's slots again, never
+        # from the next update's.
+        micro = self._online_step[1] % max(self.cfg.update_freq)
+        self._online_step = (update_num, self._online_step[1] + 1)
         param = next(model.parameters())
         teacher = self.teacher.place(param.device, param.dtype)
         pseudo, sentences, tokens = self._online().sample(update_num, micro * world + rank, teacher.models,
@@ -266,7 +269,9 @@ class TranslationTieKDTask(TranslationTask):
         if self._online_pairs is None:
             _, world, _ = pseudo_targets._world()
             tokens = self.cfg.unlabeled_online_max_tokens or max(1, self.cfg.max_tokens // 4)
-            self._online_pairs = OnlinePseudoPairs(self, self.pool, tokens, world * self.cfg.update_freq[0],
+            # slots for the largest --update-freq of any epoch (a list gives one per epoch), so
+            # that no two updates share a slot whatever the epoch's
+            self._online_pairs = OnlinePseudoPairs(self, self.pool, tokens, world * max(self.cfg.update_freq),
                                                    self.cfg.seed, self._decode_options())
             logger.info(f"online pseudo-targets: {tokens:,} pool source tokens per rank and micro-batch "
                         f"at every update, beam {self._decode_options().beam}"

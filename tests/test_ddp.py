@@ -3,6 +3,7 @@
 process, gloo, world size 1. (fairseq 0.12's own wrapper passes CUDA device ids, so it is
 built here as it builds it, with device_ids=None.)"""
 import copy
+import logging
 
 import pytest
 import torch
@@ -27,8 +28,8 @@ def process_group(tmp_path_factory):
     dist.destroy_process_group()
 
 
-def ddp(model):
-    return ModuleProxyWrapper(DistributedDataParallel(model, device_ids=None))
+def ddp(model, **options):
+    return ModuleProxyWrapper(DistributedDataParallel(model, device_ids=None, **options))
 
 
 def steps(criterion, model, sample, n=2):
@@ -59,6 +60,22 @@ def test_under_ddp_same_as_unfused_without(toy_data, teacher_checkpoint, embeddi
     sample = first_batch(task)
     for want, got in zip(steps(plain, student, sample), steps(criterion, wrapped, sample)):
         assert_same(want, got)
+
+
+def test_find_unused_parameters_takes_the_unfused_path(toy_data, teacher_checkpoint, caplog):
+    """With --find-unused-parameters DDP marks the untied output projection unused (the fused
+    loss reads it outside DDP's forward) and then fails when its gradient arrives ("mark a
+    variable ready only once"): the criterion falls back to the unfused path, saying why."""
+    cfg, task, plain = setup_criterion(toy_data, teacher_checkpoint, "--kd-iters", "2", "--kd-fused-output", "off")
+    _, _, criterion = setup_criterion(toy_data, teacher_checkpoint, "--kd-iters", "2")
+    torch.manual_seed(0)
+    student = no_dropout(task.build_model(cfg.model)).train()
+    wrapped = ddp(copy.deepcopy(student), find_unused_parameters=True)
+    sample = first_batch(task)
+    with caplog.at_level(logging.INFO, logger="tiekd_fairseq.criterion"):
+        for want, got in zip(steps(plain, student, sample), steps(criterion, wrapped, sample)):
+            assert_same(want, got)
+    assert any("because DDP runs with --find-unused-parameters" in r.getMessage() for r in caplog.records)
 
 
 def test_fairseq_checkpoint_activations_refused_under_ddp(toy_data, teacher_checkpoint):

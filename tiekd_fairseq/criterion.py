@@ -130,6 +130,18 @@ def plain_projection(decoder: nn.Module) -> Tuple[Optional[torch.Tensor], str]:
     return projection.weight, ""
 
 
+def _wrapper_reason(model: nn.Module) -> str:
+    """Why a distributed wrapper forbids the fused loss, which reads the output projection's
+    weight outside the wrapper's forward: DDP with find_unused_parameters marks that weight
+    unused (its gradient then arrives twice), and FSDP has resharded it."""
+    for m in model.modules():
+        if isinstance(m, DistributedDataParallel) and m.find_unused_parameters:
+            return "DDP runs with --find-unused-parameters"
+        if type(m).__name__ == "FullyShardedDataParallel":
+            return "--ddp-backend fully_sharded shards the output projection"
+    return ""
+
+
 def _model_reason(model: nn.Module) -> str:
     """Why the model's gold pass cannot return features that the fused CE stands in for."""
     cls = type(model)
@@ -221,7 +233,7 @@ class TieKDCriterion(FairseqCriterion):
         if not self.fused_output:
             return None
         student, reason = plain_projection(unwrapped(model).decoder)
-        reason = _model_reason(unwrapped(model)) or (f"student: {reason}" if reason else "")
+        reason = _wrapper_reason(model) or _model_reason(unwrapped(model)) or (f"student: {reason}" if reason else "")
         teachers = []
         for i, teacher in enumerate(self.task.teacher.models):
             weight, why = plain_projection(teacher.decoder)

@@ -51,6 +51,6 @@ def test_option_help_shows_defaults_cleanly():
     text = " ".join(proc.stdout.split())  # argparse wraps lines
     for empty in ("(default: )", "(default: None)", "(default: False)", "each pair once (default"):
         assert empty not in text
-    for shown in ("in [0, 1] (default: 0.5)", "(default: 4096)", "(default: full)",
+    for shown in ("in (0, 1] (default: 0.5)", "(default: 4096)", "(default: full)",
                   "pool sentences the teacher translates per refresh (default: the whole pool)"):
         assert shown in text

@@ -13,7 +13,6 @@ where the logits come from and where their gradient goes differ.
 """
 
 import contextlib
-import math
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -27,6 +26,7 @@ from .losses import (
     check_options,
     chunk_rows,
     compute_dtype,
+    ensemble_scores,
     kd_total,
     label_smoothed_ce,
     scaled_gradient,
@@ -55,10 +55,7 @@ def teacher_chunk_logits(features: Sequence[Tensor], weights: Sequence[Tensor], 
     autocast (fairseq's --amp), as a --teacher-fp32 teacher's decoder runs."""
     with no_autocast(features[0].device) if fp32 else contextlib.nullcontext():
         outs = [F.linear(h[start:end], w) for h, w in zip(features, weights)]
-    if len(outs) == 1:
-        return outs[0]
-    log_probs = torch.stack([o.float().log_softmax(-1) for o in outs])
-    return log_probs.logsumexp(0) - math.log(len(outs))
+    return ensemble_scores(outs)
 
 
 def _chunk_logits(h_s, w_s, teacher_features, teacher_weights, teacher_fp32, dtype):

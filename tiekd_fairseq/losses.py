@@ -20,7 +20,8 @@ The chunk loop (``_terms``) takes its logits from a callable, so that ``fused_ou
 feed it logits made chunk by chunk from decoder features instead of whole logit tensors.
 """
 
-from typing import Callable, NamedTuple, Optional, Tuple
+import math
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -260,6 +261,14 @@ class _TieKDFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, *unused):
         (grad_buf,) = ctx.saved_tensors
         return (scaled_gradient(grad_buf, grad_loss, ctx.input_dtype),) + (None,) * 9
+
+
+def ensemble_scores(scores: Sequence[Tensor]) -> Tensor:
+    """One teacher's scores as they are; an ensemble's: the log of its members' mean probability."""
+    if len(scores) == 1:
+        return scores[0]
+    log_probs = torch.stack([z.float().log_softmax(-1) for z in scores])
+    return log_probs.logsumexp(0) - math.log(len(scores))
 
 
 def check_options(k: int, vocab: int, teacher_target: str) -> None:

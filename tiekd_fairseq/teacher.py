@@ -18,6 +18,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from .checkpoint_loading import ALLOWED_GLOBALS
 from .errors import ConfigError
+from .losses import ensemble_scores
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,4 @@ class TeacherEnsemble:
     def logits(self, prev_output_tokens, encoder_outs, src_lengths):
         """Scores for the next token; for an ensemble, log of the mean probability."""
         outs = self.features(prev_output_tokens, encoder_outs, src_lengths, features_only=False)
-        if len(outs) == 1:
-            return outs[0]
-        log_probs = torch.stack([o.float().log_softmax(-1) for o in outs])
-        return log_probs.logsumexp(0) - torch.log(torch.tensor(float(len(outs))))
+        return ensemble_scores(outs)

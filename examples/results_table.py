@@ -11,8 +11,11 @@ import argparse
 import glob
 import json
 import os
+import re
 import statistics
 from collections import defaultdict
+
+from run_grid import validations  # the runner's reading of a run's train.log
 
 METHOD_NAMES = {  # display order
     "ce": "CE (no KD)",
@@ -24,7 +27,6 @@ METHOD_NAMES = {  # display order
     "word_kd_eqtime": "word-KD, TIE-KD's CPU time",
 }
 EQTIME = "_eqtime"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = ("TIE-KD gains +1.04 (WMT'14 en-de), +0.60 (en-fr) and +1.11 (WMT'16 en-ro) BLEU over the "
          "student trained without KD, beats vanilla word-level KD on all three, and its gain holds "
          "better than other KD methods' as the teacher-student capacity gap changes. Setting: "
@@ -43,11 +45,33 @@ def load_records(work):
 def _with_train_record(eval_path):
     with open(eval_path) as f:
         record = json.load(f)
-    train = os.path.join(os.path.dirname(eval_path), "train.json")
+    run_dir = os.path.dirname(eval_path)
+    train = os.path.join(run_dir, "train.json")
     if os.path.exists(train):
         with open(train) as f:
             record.update({k: v for k, v in json.load(f).items() if k not in record})
+    record["valid_curve"] = valid_curve(run_dir)
+    record["valid_fall_1k"] = valid_fall(record["valid_curve"])
     return record
+
+
+def valid_curve(run_dir):
+    """[(update, validation CE)] of a run, over every process of it (its train.log)."""
+    path = os.path.join(run_dir, "train.log")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return validations(f.read())
+
+
+def valid_fall(curve, span=1000):
+    """How much the validation CE fell over the run's last ``span`` updates (> 0: still falling,
+    i.e. not converged), or None if the run validated over a shorter stretch."""
+    if not curve:
+        return None
+    end, loss = curve[-1]
+    earlier = [x for u, x in curve if u <= end - span]
+    return earlier[-1] - loss if earlier else None
 
 
 def load_teacher(work):
@@ -72,7 +96,7 @@ def summarize(records):
         s = {"seeds": sorted(r["seed"] for r in runs), "params": runs[0]["params"],
              "stopped_by_patience": sum(r.get("stopped") == "patience" for r in runs)}
         for field in ("bleu", "chrf", "teacher_top1_agree", "train_seconds", "cpu_seconds", "updates_per_second",
-                      "peak_rss_mib", "num_updates", "best_valid_loss"):
+                      "peak_rss_mib", "num_updates", "best_valid_loss", "valid_fall_1k"):
             s[field], s[field + "_sd"] = mean_sd([r.get(field) for r in runs])
         summary[key] = s
     for (size, method), s in summary.items():  # gains of the mean BLEU (and chrF) over the baselines
@@ -132,9 +156,9 @@ def sizes_in_order(summary):
 
 def results_table(summary, methods=None):
     lines = ["| student | params | method | seeds | BLEU | chrF | Δ BLEU vs CE | Δ BLEU vs word-KD "
-             "| updates | stopped by patience | best valid CE (bits) | teacher top-1 agree | CPU-h | wall h "
-             "| peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| updates | stopped by patience | best valid CE (bits) | valid CE fall, last 1k updates "
+             "| teacher top-1 agree | CPU-h | wall h | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in sizes_in_order(summary):
         for method in methods or METHOD_NAMES:
             s = summary.get((size, method))
@@ -145,7 +169,8 @@ def results_table(summary, methods=None):
                 f"| {fmt(s['bleu'], s['bleu_sd'])} | {fmt(s['chrf'], s['chrf_sd'])} "
                 f"| {signed(s['gain_over_ce'])} | {signed(s['gain_over_word_kd'])} "
                 f"| {fmt(s['num_updates'], digits=0)} | {s['stopped_by_patience']} of {len(s['seeds'])} "
-                f"| {fmt(s['best_valid_loss'], digits=3)} | {fmt(s['teacher_top1_agree'], digits=3)} "
+                f"| {fmt(s['best_valid_loss'], digits=3)} | {fmt(s['valid_fall_1k'], digits=3)} "
+                f"| {fmt(s['teacher_top1_agree'], digits=3)} "
                 f"| {fmt(hours(s['cpu_seconds']))} | {fmt(hours(s['train_seconds']))} "
                 f"| {fmt(s['peak_rss_mib'], digits=0)} |")
     return "\n".join(lines)
@@ -222,6 +247,46 @@ def compute_plot(summary, path):
     plt.close(fig)
 
 
+def mean_curve(runs):
+    """[(CPU-hours, validation CE)] averaged over seeds at the updates every run validated at;
+    a run's CPU time at update u is taken as its total x u / its updates (a steady rate)."""
+    shared = set.intersection(*(set(u for u, _ in r["valid_curve"]) for r in runs))
+    points = []
+    for u in sorted(shared):
+        cpu = [r["cpu_seconds"] * u / r["valid_curve"][-1][0] for r in runs]
+        loss = [dict(r["valid_curve"])[u] for r in runs]
+        points.append((hours(statistics.fmean(cpu)), statistics.fmean(loss)))
+    return points
+
+
+def learning_curve_plot(records, size, path):
+    """Validation CE against training CPU-hours at one student size, a line per method (mean over
+    seeds); the equal-compute runs are dashed, in their base method's colour."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {}
+    for method in METHOD_NAMES:
+        runs = [r for r in records if r["size"] == size and r["method"] == method
+                and r["valid_curve"] and r.get("cpu_seconds")]
+        if not runs:
+            continue
+        base = method[:-len(EQTIME)] if method.endswith(EQTIME) else method
+        line, = ax.plot(*zip(*mean_curve(runs)), linestyle="--" if base != method else "-",
+                        color=colours.get(base), label=METHOD_NAMES[method])
+        colours.setdefault(base, line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("training CPU-hours (log scale; mean over seeds)")
+    ax.set_ylabel("validation CE, label-smoothed (bits)")
+    ax.set_title(f"Validation CE against training compute ({size} students)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def equal_compute_table(summary, size):
     rows = ["| method | updates | CPU-h | BLEU | chrF | Δ BLEU vs TIE-KD |", "|---|---|---|---|---|---|"]
     tie = summary.get((size, "tie_kd"))
@@ -272,6 +337,12 @@ def findings(summary, boot_word, boot_ce, main_size=None, teacher=None):
             out.append(f"- Capacity gap: TIE-KD's margin over word-KD at the sizes above is "
                        + ", ".join(f"{g:+.2f}" for g in tie) + " BLEU; it "
                        + ("stays positive at every gap." if min(tie) > 0 else "is not positive at every gap."))
+    trained = [s for (_, m), s in summary.items() if not m.endswith(EQTIME)]
+    n_runs, by_patience = sum(len(s["seeds"]) for s in trained), sum(s["stopped_by_patience"] for s in trained)
+    falls = [s["valid_fall_1k"] for s in trained if s["valid_fall_1k"] is not None]
+    out.append(f"- Convergence: {by_patience} of {n_runs} runs stopped because validation CE stopped improving"
+               + (f"; over the last 1,000 updates validation CE still fell by {min(falls):.3f} to "
+                  f"{max(falls):.3f} bits (means per size and method)." if falls else "."))
     if main_size:
         tie, ce_eq, word_eq = (summary.get((main_size, m)) for m in ("tie_kd", "ce_eqtime", "word_kd_eqtime"))
         for base in (ce_eq, word_eq):
@@ -283,7 +354,8 @@ def findings(summary, boot_word, boot_ce, main_size=None, teacher=None):
                            f"{fmt(base['num_updates'], digits=0)} updates instead of {fmt(tie['num_updates'], digits=0)}) "
                            f"scores {fmt(base['bleu'], base['bleu_sd'])} BLEU: TIE-KD is "
                            f"{'ahead' if delta > 0 else 'behind'} by {abs(delta):.2f} BLEU "
-                           f"({tie['chrf'] - base['chrf']:+.2f} chrF).")
+                           f"({tie['chrf'] - base['chrf']:+.2f} chrF; best validation CE "
+                           f"{fmt(base['best_valid_loss'], digits=3)} vs TIE-KD's {fmt(tie['best_valid_loss'], digits=3)}).")
     if teacher:
         out.append(f"- The teacher scores {teacher['bleu']:.2f} BLEU; the best student "
                    f"{max(s['bleu'] for s in summary.values()):.2f}.")
@@ -297,10 +369,11 @@ def how_it_was_run(work, records):
     cpu = sum(r.get("cpu_seconds") or 0 for r in records) / 3600
     lines = []
     if grid:
-        lines += [f"- Command: `{grid.get('command')}`: {grid.get('wall_minutes', float('nan')) / 60:.1f} h from the "
-                  f"first invocation's start to the last one's end ({len(grid.get('invocations', []))} invocations; "
-                  "re-running it skips what is done); the students' training took "
-                  f"{cpu:.1f} CPU-hours in all.",
+        wall = grid.get("wall_minutes") or 0  # 0: no invocation ran to its end (each was stopped)
+        lines += [f"- Command: `{grid.get('command')}`: "
+                  + (f"{wall / 60:.1f} h from the first invocation's start to the last one's end, " if wall else "")
+                  + f"{len(grid.get('invocations', []))} invocation(s) (re-running it skips what is done); "
+                  f"the students' training took {cpu:.1f} CPU-hours in all.",
                   f"- Machine: {grid.get('machine')}; torch {grid.get('torch')}, fairseq {grid.get('fairseq')}, "
                   f"sacreBLEU {one.get('sacrebleu_version')}; commit {grid.get('commit')}; {grid.get('jobs')} runs "
                   f"trained at once, {grid.get('threads')} torch thread(s) each.",
@@ -329,7 +402,8 @@ def commands(work, records):
     parts = []
     for method in METHOD_NAMES:
         if example.get(method):
-            command = example[method].replace(os.path.abspath(work) + "/", "WORK/").replace(REPO + "/", "")
+            command = example[method].replace(os.path.abspath(work) + "/", "WORK/")
+            command = re.sub(r"--user-dir \S*tiekd_fairseq", "--user-dir tiekd_fairseq", command)
             parts += [f"- {METHOD_NAMES[method]}:", "", f"  ```\n  {command}\n  ```", ""]
     return parts
 
@@ -340,11 +414,17 @@ def pair_name(work):
     return f"{grid['src']}-{grid['tgt']}" if "src" in grid else os.path.basename(os.path.abspath(work))
 
 
+def equal_compute_size(summary):
+    """The student size that has the equal-compute baselines (the main size), or None."""
+    return next((z for z in sizes_in_order(summary) if (z, "ce_eqtime") in summary
+                 or (z, "word_kd_eqtime") in summary), None)
+
+
 def render(works, data, plots):
     main = works[0]
     records, summary, boot_word, boot_ce, teacher = data[main][:5]
     sizes = sizes_in_order(summary)
-    main_size = next((z for z in sizes if (z, "ce_eqtime") in summary or (z, "word_kd_eqtime") in summary), None)
+    main_size = equal_compute_size(summary)
     name = pair_name(main)
     parts = ["# Results: TIE-KD vs CE, word-KD and seq-KD students, measured", "",
              "Generated by `python examples/results_table.py` from the JSON records of "
@@ -374,6 +454,9 @@ def render(works, data, plots):
             parts += ["TIE-KD vs CE given TIE-KD's CPU time, paired bootstrap:", "", bootstrap_table(eq_boot), ""]
     if plots.get("compute"):
         parts += ["## Quality against compute", "", f"![BLEU vs training CPU-hours]({plots['compute']})", ""]
+    if plots.get("curves"):
+        parts += [f"Validation CE of the {main_size} students as they train (one point per validation):", "",
+                  f"![validation CE vs training CPU-hours]({plots['curves']})", ""]
     if plots.get("gap"):
         parts += ["## Capacity gap", "", f"![BLEU gain over CE vs capacity gap]({plots['gap']})", ""]
     for other in works[1:]:
@@ -416,6 +499,7 @@ def main(argv=None):
         boot = lambda base: paired_bootstrap(records, baseline=base, n_samples=args.bootstrap_samples)
         data[work] = (records, summarize(records), boot("word_kd"), boot("ce"), load_teacher(work), boot("ce_eqtime"))
     out_dir = os.path.dirname(args.out) or "."
+    os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.out))[0]
     plots = {}
     records, summary, _, _, teacher, _ = data[works[0]]
@@ -425,6 +509,10 @@ def main(argv=None):
     if any(s["cpu_seconds"] for s in summary.values()):
         plots["compute"] = stem + "_compute.png"
         compute_plot(summary, os.path.join(out_dir, plots["compute"]))
+    main_size = equal_compute_size(summary)
+    if main_size and any(r["valid_curve"] for r in records):
+        plots["curves"] = stem + "_valid_curves.png"
+        learning_curve_plot(records, main_size, os.path.join(out_dir, plots["curves"]))
     text = render(works, data, plots)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(text)

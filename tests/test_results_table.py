@@ -46,7 +46,12 @@ def work(tmp_path):
             (run / "train.json").write_text(json.dumps({
                 "train_seconds": 60.0 * seed, "updates_per_second": 800 / (60.0 * seed), "peak_rss_mib": 500 + seed,
                 "cpu_seconds": CPU[method] * seed, "stopped": "patience" if seed == 1 else "max_update",
-                "best_valid_loss": 5.0 + seed, "command": f"fairseq-train DATA --criterion {method}"}))
+                "best_valid_loss": 5.0 + seed,
+                "command": f"fairseq-train DATA --user-dir /somewhere/tiekd_fairseq --criterion {method}"}))
+            # validations every 400 updates, falling by 0.1 per 400 (0.25 per 1,000)
+            (run / "train.log").write_text("".join(
+                f"| valid on 'valid' subset | loss {5.0 + seed + 0.1 * (2 - i):.3f} | nll_loss 4.0 | num_updates {400 * i}\n"
+                for i in range(3)))
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "eval-test.json").write_text(json.dumps(
         {"arch": "tie_kd_transformer_tiny", "params": 1_300_000, "num_updates": 2200, "bleu": 20.0, "chrf": 45.0,
@@ -74,6 +79,17 @@ def test_means_sds_and_gains(work):
     assert nano["gain_over_word_kd"] is None  # no word-KD run at that size
 
 
+def test_validation_curves(work):
+    record = results_table.load_records(str(work))[0]
+    assert record["valid_curve"] == [(0, 6.2), (400, 6.1), (800, 6.0)]
+    assert record["valid_fall_1k"] is None  # a shorter stretch than 1,000 updates
+    assert results_table.valid_fall([(0, 6.2), (500, 6.1), (1000, 6.0), (1500, 5.95)]) == pytest.approx(0.15)
+    assert results_table.valid_fall([]) is None
+    runs = [{"valid_curve": [(400, 6.0), (800, 5.0)], "cpu_seconds": 3600.0},
+            {"valid_curve": [(400, 7.0), (800, 6.0), (1200, 5.5)], "cpu_seconds": 3 * 3600.0}]
+    assert results_table.mean_curve(runs) == [(pytest.approx(0.75), 6.5), (pytest.approx(1.5), 5.5)]  # (0.5+1)/2, (1+2)/2
+
+
 def test_paired_bootstrap_uses_the_hypothesis_files(work):
     rows = results_table.paired_bootstrap(results_table.load_records(str(work)), n_samples=200)
     assert [(r["size"], r["seed"]) for r in rows] == [("micro", 1), ("micro", 2), ("micro", 3)]
@@ -95,7 +111,7 @@ def test_markdown_and_plots(work, tmp_path_factory):
     results_table.main(["--work", str(work), "--work", str(second), "--out", str(out), "--bootstrap-samples", "100"])
     text = out.read_text()
     assert ("| micro | 0.65M | TIE-KD | 3 | 15.00 ± 2.00 | 35.00 ± 2.00 | +3.00 | +2.00 | 800 | 1 of 3 | 7.000 "
-            "| 0.520 | 2.22 | 0.03 |") in text
+            "| — | 0.520 | 2.22 | 0.03 |") in text  # validated over 800 updates only: no 1k fall
     assert "| nano | 0.30M | TIE-KD | 1 | 10.50 | 30.50 | +2.50 | — |" in text
     assert "**micro**: TIE-KD vs CE +3.00 BLEU (above the paper's +0.6 to +1.1), +3.00 chrF" in text
     assert "BLEU 20.00, chrF 45.00" in text and "stopped by patience, 2.00 CPU-h" in text
@@ -104,5 +120,7 @@ def test_markdown_and_plots(work, tmp_path_factory):
     assert "a CE student given the TIE-KD student's CPU time (2.22 vs 2.22 CPU-h" in text
     assert "TIE-KD is ahead by 1.00 BLEU" in text
     assert "## en-de: how it was run" in text and "## en-fr" in text and "### en-fr" in text
-    for plot in ("results_capacity_gap.png", "results_compute.png"):
+    assert "Convergence: 5 of 11 runs stopped because validation CE stopped improving." in text
+    assert "--user-dir tiekd_fairseq --criterion tie_kd" in text and "/somewhere" not in text
+    for plot in ("results_capacity_gap.png", "results_compute.png", "results_valid_curves.png"):
         assert (work / plot).stat().st_size > 1000

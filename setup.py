@@ -21,7 +21,7 @@ setup(
         # CTranslate2 inference of trained models (tiekd-export, tiekd-eval --engine ctranslate2);
         # never needed to train. The tests exercise it, so they ask for it too.
         "deploy": ["ctranslate2>=4.0"],
-        "test": ["pytest>=7", "ctranslate2>=4.0"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ctranslate2>=4.0"],
         "examples": ["matplotlib>=3.5"],
     },
     entry_points={"console_scripts": [

@@ -9,7 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 if ! { [ -x "$VENV/bin/tiekd-eval" ] && [ -x "$VENV/bin/tiekd-export" ] &&
-       "$VENV/bin/python" -c "import tiekd_fairseq, sacrebleu, sentencepiece, pytest, matplotlib, ctranslate2" >/dev/null 2>&1; }; then
+       "$VENV/bin/python" -c "import tiekd_fairseq, sacrebleu, sentencepiece, pytest, xdist, matplotlib, ctranslate2" >/dev/null 2>&1; }; then
   # fairseq pins omegaconf 2.0.x in its metadata, which pip >= 24.1 rejects.
   pip() {  # quiet, minus the notes of this machine's pip config about absent local indexes
     "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }

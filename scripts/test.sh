@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
-exec .venv/bin/python -m pytest -q tests "$@"
+# One worker per core (at most 4), a test module per worker: most tests wait on single-threaded
+# fairseq CLI processes, so two workers on two cores take ~60% of the serial time.
+exec .venv/bin/python -m pytest -q -n "${TIEKD_TEST_WORKERS:-auto}" --maxprocesses 4 --dist loadfile tests "$@"

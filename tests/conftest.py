@@ -8,6 +8,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 import tiekd_fairseq  # noqa: E402,F401  (allows fairseq checkpoints in torch.load)
 import utils  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist workers share the cores
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory):

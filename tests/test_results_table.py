@@ -115,7 +115,7 @@ def test_markdown_and_plots(work, tmp_path_factory):
     assert "| nano | 0.30M | TIE-KD | 1 | 10.50 | 30.50 | +2.50 | — |" in text
     assert "**micro**: TIE-KD vs CE +3.00 BLEU (above the paper's +0.6 to +1.1), +3.00 chrF" in text
     assert "BLEU 20.00, chrF 45.00" in text and "stopped by patience, 2.00 CPU-h" in text
-    assert "## Equal compute (micro)" in text
+    assert "## Equal compute (micro)" in text and "CPU-hours in all, the teacher's 2.0." in text
     assert "| CE, TIE-KD's CPU time | 800 | 2.22 | 14.00 ± 2.00 | 34.00 ± 2.00 | -1.00 |" in text
     assert "a CE student given the TIE-KD student's CPU time (2.22 vs 2.22 CPU-h" in text
     assert "TIE-KD is ahead by 1.00 BLEU" in text

@@ -13,7 +13,9 @@ setup(
         # code base with the 3.11 fixes, prebuilt (see docs/install.md, "Which fairseq").
         'fairseq>=0.12.2; python_version < "3.11"',
         've-fairseq==0.12.3; python_version >= "3.11"',
-        "torch>=1.10",
+        # fairseq 0.12.2's encoder fails under torch 2.x (docs/install.md)
+        'torch>=1.10,<2; python_version < "3.11"',
+        'torch>=2; python_version >= "3.11"',
         "sacrebleu>=2.0",
         "sentencepiece>=0.1.97",
     ],

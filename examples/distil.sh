@@ -15,7 +15,7 @@
 #   VOCAB=8000                 joint SentencePiece vocabulary
 #   TEACHER_ARCH=tie_kd_transformer_small   the teacher's fairseq --arch (3+3 layers, 256 dim)
 #   TEACHER_UPDATES=20000      the teacher's update cap
-#   STUDENT_SIZE=micro         nano | micro | mini | tiny (examples/run_grid.py SIZES)
+#   STUDENT_SIZE=micro         nano | micro | mini | tiny | small | base (examples/run_grid.py SIZES)
 #   STUDENT_UPDATES=8000       every student's update cap
 #   METHODS=ce+word_kd+tie_kd  (+tie_kd_pool is added when RAW_DIR/mono.SRC exists)
 #   POOL_PER_EPOCH=50000       pool sentences the teacher translates per epoch

@@ -6,6 +6,15 @@ cd "$(dirname "$0")/.."
 VENV=${TIEKD_VENV:-.venv}
 PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
+  # ve-fairseq (what is tested) needs Python >= 3.11; stock fairseq on older ones needs torch < 2.
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    if [ -z "${PYTHON:-}" ] && command -v python3.11 >/dev/null; then
+      PY=python3.11
+    else
+      echo "setup_venv: needs Python >= 3.11, $PY is $("$PY" -V 2>&1 | head -1); set PYTHON=/path/to/python3.11" >&2
+      exit 1
+    fi
+  fi
   "$PY" -m venv "$VENV"
 fi
 if ! { [ -x "$VENV/bin/tiekd-eval" ] && [ -x "$VENV/bin/tiekd-export" ] &&

@@ -59,3 +59,10 @@ def test_decode_benchmark_smoke(toy_data, teacher_checkpoint, tmp_path):
     r = json.loads(out.read_text())
     assert r["sentences"] == 40 and r["identical_translations"] == 40
     assert r["ours_sent_per_s"] > 0 and r["fairseq_generate_sent_per_s"] > 0
+
+
+def test_pseudo_memory_benchmark_smoke():
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_pseudo_memory.py"), "--pairs", "2000",
+                           "--vocab", "1000"], check=True, capture_output=True, text=True)
+    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if "| 2,000 |" in line]
+    assert rows == ["python_tensors", "fairseq_binaries"], proc.stdout

@@ -58,8 +58,8 @@ class TranslationTieKDConfig(TranslationConfig):
     unlabeled_ratio: Optional[float] = field(
         default=None,
         metadata={"help": "share of pseudo pairs among an epoch's examples, in [0, 1]: pseudo "
-                  "pairs are resampled to that share of the labeled ones (1: pseudo pairs only, "
-                  "0: pool unused). Default: each pair once"},
+                  "pairs are resampled to ratio/(1-ratio) times the labeled count (1: pseudo pairs "
+                  "only, 0: pool unused). Default: each pair once"},
     )
     pseudo_refresh_epochs: Optional[int] = field(
         default=None, metadata={"help": "decode a new pool shard every K epochs (default: 1)"}

@@ -4,7 +4,7 @@
 # resumable: run it again after an interruption and it goes on where it stopped.
 #
 # usage: bash examples/run_converged.sh CORPUS_DIR [WORK_DIR]
-#   CORPUS_DIR holds en-de/ and en-fr/ (and en-es/) with {train,valid,test}.{en,XX} plain text,
+#   CORPUS_DIR holds en-de/ and en-fr/ (and optionally en-es/, more pool text) with {train,valid,test}.{en,XX} text,
 #   e.g. the output of ../shared/mtdata/build.sh OUT (OUT/corpus).
 # Then: python examples/results_table.py --work WORK_DIR/en-de --work WORK_DIR/en-fr
 set -euo pipefail
@@ -15,8 +15,10 @@ PY=.venv/bin/python
 mkdir -p "$W"
 # Unlabeled English for the pool: the English side of the en-fr and en-es corpora, minus every
 # sentence of the en-de corpus (its test set included).
+POOL_FROM=("$CORPUS"/en-fr/train.en)
+[ -s "$CORPUS/en-es/train.en" ] && POOL_FROM+=("$CORPUS"/en-es/train.en)
 [ -s "$W/pool.en" ] || $PY examples/data/make_pool.py "$W/pool.en" \
-  --exclude "$CORPUS"/en-de/{train,valid,test}.en --from "$CORPUS"/en-fr/train.en "$CORPUS"/en-es/train.en
+  --exclude "$CORPUS"/en-de/{train,valid,test}.en --from "${POOL_FROM[@]}"
 # The settings of both grids. Sizes: a tie_kd_transformer_tiny teacher (2+2 x 128) and students
 # mini (2+2 x 96), micro (1+1 x 96) and nano (1+1 x 64); SentencePiece 4k (the output layer
 # dominates these models' cost, and 8k made a TIE-KD step 1.9x slower); one validation

@@ -6,6 +6,7 @@
 # usage: bash examples/run_converged.sh CORPUS_DIR [WORK_DIR]
 #   CORPUS_DIR holds en-de/ and en-fr/ (and optionally en-es/, more pool text) with {train,valid,test}.{en,XX} text,
 #   e.g. the output of ../shared/mtdata/build.sh OUT (OUT/corpus).
+# Progress (any time): .venv/bin/python examples/run_grid.py --status --work WORK_DIR/en-de (or en-fr)
 # Then: python examples/results_table.py --work WORK_DIR/en-de --work WORK_DIR/en-fr
 set -euo pipefail
 cd "$(dirname "$0")/.."

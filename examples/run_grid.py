@@ -19,6 +19,7 @@ run trains (so a killed run keeps what it used) and from ``wait4`` when it ends.
 """
 import argparse
 import concurrent.futures
+import glob
 import json
 import os
 import re
@@ -104,7 +105,21 @@ def parse_args(argv=None):
     ap.add_argument("--evaluate-only", action="store_true",
                     help="only evaluate runs that finished training (e.g. while another invocation trains)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ap.add_argument("--status", action="store_true",
+                    help="print each run's state and an estimate of the CPU time left, then exit (trains "
+                    "nothing); with only --work, the grid's settings are those of its last invocation")
     return ap.parse_args(argv)
+
+
+def status_argv(argv):
+    """``--status --work W`` alone: the settings of W's last recorded invocation, plus --status."""
+    args = parse_args(argv)
+    path = os.path.join(args.work, "grid.json")
+    if set(a for a in argv if a.startswith("--")) == {"--status", "--work"} and os.path.exists(path):
+        with open(path) as f:
+            last = json.load(f)["invocations"][-1]["argv"]
+        return parse_args(last + ["--status"])
+    return args
 
 
 def log(msg):
@@ -369,8 +384,55 @@ class Grid:
         subprocess.run(["bash", os.path.join(REPO, "examples", "data", "binarize.sh"), self.work,
                         str(a.vocab), a.src, a.tgt], check=True, env=env)
 
+    def status(self):
+        """Each run's state, and the CPU time the unfinished ones will take, estimated from the
+        finished runs of the same size and method (else of the method, else of the run measured
+        against for *_eqtime)."""
+        rows, done = [], {}
+        for name, size, method, _ in [("teacher", "teacher", "teacher", 1)] + self.run_plan():
+            run_dir = self.teacher_dir if name == "teacher" else os.path.join(self.work, "runs", name)
+            train_json = os.path.join(run_dir, "train.json")
+            cpu_file, train_log = os.path.join(run_dir, "cpu.json"), os.path.join(run_dir, "train.log")
+            cpu = sum(json.load(open(cpu_file))["segments"]) if os.path.exists(cpu_file) else 0.0
+            if os.path.exists(train_json):
+                record = json.load(open(train_json))
+                done.setdefault((size, method), []).append(record["cpu_seconds"])
+                state = "evaluated" if glob.glob(os.path.join(run_dir, "eval-*.json")) else "trained"
+                rows.append((name, f"{state}: {record['updates']} updates ({record['stopped']})",
+                             record["cpu_seconds"], 0.0))
+            else:
+                state = (f"training: {logged_progress(train_log)[0]} updates so far"
+                         if os.path.exists(train_log) else "not started")
+                rows.append((name, state, cpu, None, size, method))
+        by_method = {}
+        for (size, method), values in done.items():
+            by_method.setdefault(method, []).extend(values)
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        left = 0.0
+        for i, row in enumerate(rows):
+            if row[3] is not None:
+                continue
+            name, state, cpu, _, size, method = row
+            base = method[:-len(EQTIME)] if method.endswith(EQTIME) else method
+            guess = done.get((size, method)) or by_method.get(method) or (
+                done.get((size, "tie_kd")) if method.endswith(EQTIME) else None) or by_method.get(base)
+            rest = None if guess is None else max(0.0, mean(guess) - cpu)
+            left += rest or 0.0
+            rows[i] = (name, state, cpu, rest)
+        width = max(len(r[0]) for r in rows)
+        for name, state, cpu, rest in rows:
+            more = "" if rest == 0.0 else ("  (left: unknown)" if rest is None else f"  (left: ~{rest / 60:.0f} CPU-min)")
+            print(f"{name:<{width}}  {state:<40} {cpu / 60:7.1f} CPU-min{more}")
+        finished = sum(r[3] == 0.0 for r in rows)
+        used = sum(r[2] for r in rows) / 3600
+        print(f"{finished} of {len(rows)} runs trained; {used:.1f} CPU-h used; about {left / 3600:.1f} CPU-h left "
+              f"(~{left / 3600 / max(1, self.a.jobs * self.a.threads):.1f} h on {self.a.jobs} x {self.a.threads} "
+              f"thread(s); runs with no finished run of their method are not counted)")
+
     def main(self):
         a = self.a
+        if a.status:
+            return self.status()
         os.makedirs(self.work, exist_ok=True)
         start = time.time()
         if not a.dry_run:
@@ -485,4 +547,4 @@ def logged_progress(train_log):
 
 
 if __name__ == "__main__":
-    Grid(parse_args()).main()
+    Grid(status_argv(sys.argv[1:])).main()

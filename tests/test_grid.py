@@ -21,6 +21,13 @@ def run_grid(work, data, ref, *extra):
     return proc.stdout
 
 
+def grid_status(work):
+    proc = subprocess.run([sys.executable, RUNNER, "--status", "--work", work],
+                          capture_output=True, text=True, env=utils.CHILD_ENV, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
 def test_a_finished_grid_trains_nothing_and_a_killed_run_resumes(toy_data, tmp_path):
     data = tmp_path / "bin"  # the grid's students share all embeddings: one dictionary
     utils.preprocess(toy_data.parent / "raw", data, "--joined-dictionary")
@@ -44,6 +51,11 @@ def test_a_finished_grid_trains_nothing_and_a_killed_run_resumes(toy_data, tmp_p
 
     # a run killed before it finished (no train.json) resumes from its checkpoint_last.pt
     os.remove(tmp_path / "runs" / "micro-ce-s1" / "train.json")
+    status = grid_status(tmp_path)  # --work alone: the settings of the last invocation
+    assert re.search(r"^teacher +evaluated: 6 updates \(max_update\)", status, re.M), status
+    assert re.search(r"^micro-tie_kd-s1 +evaluated: 4 updates", status, re.M), status
+    assert re.search(r"^micro-ce-s1 +training: 4 updates so far .*\(left: unknown\)$", status, re.M), status
+    assert "2 of 3 runs trained" in status
     third = run_grid(tmp_path, data, toy_data.parent / "raw" / "test.tgt")
     assert "micro-ce-s1: resume" in third and "micro-tie_kd-s1: trained" in third
     resumed = (tmp_path / "runs" / "micro-ce-s1" / "train.log").read_text()[len(logs["micro-ce-s1"]):]

@@ -31,3 +31,19 @@ def teacher_checkpoint(toy_data, tmp_path_factory):
                 "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
                 "--max-epoch", "25")
     return save / "checkpoint_best.pt"
+
+
+@pytest.fixture(scope="session")
+def second_teacher_checkpoint(teacher_checkpoint, tmp_path_factory):
+    """Another teacher on the same dictionaries: the first one's weights, perturbed (seeded), so
+    that an ensemble of the two differs from either."""
+    import torch
+
+    state = torch.load(teacher_checkpoint, map_location="cpu", weights_only=False)
+    g = torch.Generator().manual_seed(7)
+    for name, w in state["model"].items():
+        if w.is_floating_point() and w.dim() > 1:
+            w.add_(torch.randn(w.shape, generator=g) * w.std() * 0.5)
+    path = tmp_path_factory.mktemp("teacher2") / "checkpoint_best.pt"
+    torch.save(state, path)
+    return path

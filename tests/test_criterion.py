@@ -73,6 +73,81 @@ def test_objective_and_sample_untouched(env, toy_data):
     torch.testing.assert_close(loss, log["ce_loss"])
 
 
+@pytest.mark.parametrize("rate", [0.3, 1.0])
+def test_kd_rate_weights_ce_and_kd(toy_data, teacher_checkpoint, rate):
+    """(1-a)·CE + a·KD with a != 0.5 (at 0.5 the weights could be swapped unseen); a = 1 leaves
+    no CE: the gradient is the KD term's alone."""
+    cfg, task, criterion = setup(toy_data, teacher_checkpoint, "--kd-rate", str(rate))
+    sample = first_batch(task)
+    student = no_dropout(task.build_model(cfg.model)).train()
+    loss, _, log = criterion(student, sample)
+    kd = log["kd_kl"] + log["kd_top1"] + log["kd_topk"]
+    assert log["ce_loss"] > 0 and kd > 0
+    torch.testing.assert_close(loss.detach(), (1 - rate) * log["ce_loss"] + rate * kd)
+    if rate == 1.0:  # no CE in the gradient: with KL alone, a student equal to the teacher gets none
+        _, task_kl, kl_only = setup(toy_data, teacher_checkpoint, "--kd-rate", "1", "--kd-no-top1", "--kd-no-topk")
+        twin = student_like_teacher(task_kl)
+        kl_only(twin, first_batch(task_kl))[0].backward()
+        assert max(p.grad.abs().max() for p in twin.parameters() if p.grad is not None) < 1e-5
+
+
+def test_two_teachers_are_averaged_in_probability(toy_data, teacher_checkpoint, second_teacher_checkpoint):
+    """--teacher-path A:B: the KL is against log((p_A + p_B) / 2), computed here from each
+    teacher's own forward; it differs from the KL against either teacher alone."""
+    kl_only = ("--kd-iters", "1", "--kd-no-top1", "--kd-no-topk")
+    kd_kl = {}
+    for name, path in (("a", teacher_checkpoint), ("b", second_teacher_checkpoint),
+                       ("ab", f"{teacher_checkpoint}:{second_teacher_checkpoint}")):
+        cfg, task, criterion = setup(toy_data, path, *kl_only)
+        sample = first_batch(task)
+        torch.manual_seed(0)
+        student = no_dropout(task.build_model(cfg.model)).train()
+        kd_kl[name] = criterion(student, sample)[2]["kd_kl"].double()
+    assert len(task.teacher.models) == 2
+    net = sample["net_input"]
+    with torch.no_grad():
+        lp_t = torch.stack([torch.log_softmax(m(**net)[0].double(), -1) for m in task.teacher.models])
+        lp_t = torch.logsumexp(lp_t, 0) - torch.log(torch.tensor(2.0, dtype=torch.float64))
+        lp_s = torch.log_softmax(student(**net)[0].double(), -1)
+    mask = sample["target"] != task.target_dictionary.pad()
+    expected = (lp_t.exp() * (lp_t - lp_s)).sum(-1)[mask].sum()
+    torch.testing.assert_close(kd_kl["ab"], expected, rtol=1e-5, atol=1e-4)
+    assert abs(kd_kl["a"] - kd_kl["ab"]) > 1e-2 * expected and abs(kd_kl["b"] - kd_kl["ab"]) > 1e-2 * expected
+
+
+@pytest.mark.parametrize("sentence_avg", [False, True])
+def test_logged_metrics_and_their_units(toy_data, teacher_checkpoint, sentence_avg):
+    """fairseq's log: loss, ce, kd_loss per sample-size unit (target tokens, or sentences with
+    --sentence-avg) in bits; nll_loss and kd_kl per token in bits; the ranking margins and the
+    agreement per token; summed over workers' logging outputs before dividing."""
+    import math
+
+    from fairseq import metrics
+
+    cfg, task, criterion = setup(toy_data, teacher_checkpoint, *(["--sentence-avg"] if sentence_avg else []))
+    sample = first_batch(task)
+    student = no_dropout(task.build_model(cfg.model)).train()
+    logs = []
+    for seed in (0, 1):  # two "workers"
+        torch.manual_seed(seed)
+        loss, sample_size, log = criterion(student, sample)
+        assert sample_size == (sample["nsentences"] if sentence_avg else sample["ntokens"]) == log["sample_size"]
+        assert log["loss"] == loss.detach()
+        logs.append(log)
+    with metrics.aggregate() as agg:
+        type(criterion).reduce_metrics(logs)
+    got = agg.get_smoothed_values()
+    total = {k: sum(float(log[k]) for log in logs) for k in logs[0]}
+    n, size, ln2 = total["ntokens"], total["sample_size"], math.log(2)
+    expected = {"loss": total["loss"] / size / ln2, "ce": total["ce_loss"] / size / ln2,
+                "kd_loss": total["kd_loss"] / size / ln2, "nll_loss": total["nll_loss"] / n / ln2,
+                "kd_kl": total["kd_kl"] / n / ln2, "kd_top1": total["kd_top1"] / n, "kd_topk": total["kd_topk"] / n,
+                "teacher_top1_agree": total["teacher_top1_agree"] / n}
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-3), key
+    assert got["ppl"] == pytest.approx(2 ** got["nll_loss"], rel=1e-3)
+
+
 @pytest.mark.parametrize("switch, removed", [("--kd-no-kl", "kd_kl"), ("--kd-no-top1", "kd_top1"),
                                              ("--kd-no-topk", "kd_topk")])
 def test_ablation_switch_removes_exactly_its_term(env, toy_data, teacher_checkpoint, switch, removed):

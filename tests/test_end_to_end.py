@@ -97,8 +97,9 @@ def test_student_checkpoint_holds_no_teacher(tie_kd_student, ce_student, teacher
     assert numel(teacher["model"]) > numel(kd["model"])
 
 
-def test_teacher_ensemble(toy_data, teacher_checkpoint, tmp_path):
-    both = f"{teacher_checkpoint}:{teacher_checkpoint}"
+def test_teacher_ensemble(toy_data, teacher_checkpoint, second_teacher_checkpoint, tmp_path):
+    """Two different teachers through fairseq-train (their average: test_criterion.py)."""
+    both = f"{teacher_checkpoint}:{second_teacher_checkpoint}"
     proc = kd_student(toy_data, tmp_path, both, "--max-epoch", "1", "--kd-iters", "2")
     assert proc.stderr.count("frozen") + proc.stdout.count("frozen") == 2
 

@@ -6,12 +6,16 @@ import re
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
 from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.trainer import Trainer
 from fairseq_cli import train
+
+from tiekd_fairseq.errors import ConfigError
 
 import utils
 
@@ -30,10 +34,13 @@ def kd(teacher, *extra):
 
 
 def expect_error(data, tmp_path, args, message):
-    with pytest.raises(Exception, match=message):
-        run_train(data, tmp_path / "save", *args)
-    # before any training step: no checkpoint was written
-    assert not (tmp_path / "save" / "checkpoint_last.pt").exists()
+    steps = []
+    real_step = Trainer.train_step
+    with mock.patch.object(Trainer, "train_step", lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k)):
+        with pytest.raises(ConfigError, match=message):
+            run_train(data, tmp_path / "save", *args)
+    # before any training step
+    assert not steps and not (tmp_path / "save" / "checkpoint_last.pt").exists()
 
 
 @pytest.fixture

@@ -57,9 +57,11 @@ def test_averages_the_last_two_checkpoints_and_scores_like_sacrebleu(student_run
 
 
 def test_average_last_one_is_checkpoint_last(student_run, toy_data):
-    tiekd_eval(student_run, toy_data, "--average-last", "1")
+    # the model as its own teacher: the two argmaxes agree at every reference position
+    tiekd_eval(student_run, toy_data, "--average-last", "1", "--teacher", student_run / "checkpoint_last.pt")
     record = json.loads((student_run / "eval-test-avg1-beam2-lenpen0.6.json").read_text())
     assert record["checkpoints"] == ["checkpoint_last.pt"]
+    assert record["teacher_top1_agree"] == 1.0
 
 
 @pytest.mark.parametrize("case, message", [

@@ -101,6 +101,13 @@ def test_fused_equals_unfused_ablations(toy_data, teacher_checkpoint, switches):
     assert_same(step(unfused, student, sample), step(fused, student, sample))
 
 
+def test_fused_equals_unfused_two_teachers(toy_data, teacher_checkpoint, second_teacher_checkpoint):
+    """An ensemble of two different teachers: each teacher's features meet its own projection."""
+    student, unfused, fused, sample = student_and_criteria(
+        toy_data, f"{teacher_checkpoint}:{second_teacher_checkpoint}", *TIED, "--kd-iters", "2")
+    assert_same(step(unfused, student, sample), step(fused, student, sample))
+
+
 def test_fused_equals_unfused_share_all_embeddings(joined):
     data, teacher = joined
     student, unfused, fused, sample = student_and_criteria(data, teacher, *SHARE_ALL)

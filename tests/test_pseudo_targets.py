@@ -286,3 +286,32 @@ def test_pseudo_pairs_train_memory_mapped(toy_data, teacher_checkpoint, pool, tm
     assert isinstance(pseudo_src, RowSubset) and isinstance(pseudo_src.dataset, MMapIndexedDataset)
     assert isinstance(pseudo_tgt, RowSubset) and isinstance(pseudo_tgt.dataset, MMapIndexedDataset)
     assert len(pseudo_src) == len(pseudo_tgt) == 100
+
+
+def test_epoch_rows_pair_each_pool_source_with_its_own_translation(toy_data, teacher_checkpoint, pool, tmp_path):
+    """The dataset an epoch trains on: labeled pairs, then pseudo pairs whose target is the
+    cached translation of that very pool sentence; --unlabeled-ratio 0.25 resamples them to
+    1/3 of the labeled count; --pseudo-refresh-epochs 2 keeps shard 0 for epochs 1-2, shard 1
+    from epoch 3."""
+    from omegaconf import OmegaConf
+
+    from tiekd_fairseq.task import TranslationTieKDTask
+
+    pool_student(toy_data, tmp_path, teacher_checkpoint, pool, "--max-update", "1", "--unlabeled-per-epoch", "40",
+                 "--unlabeled-ratio", "0.25", "--pseudo-refresh-epochs", "2")
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    task = TranslationTieKDTask.setup_task(OmegaConf.create(state["cfg"]["task"]))
+    chosen = {}
+    for epoch in (1, 2, 3):
+        task.load_dataset("train", epoch=epoch)  # epoch 3 decodes shard 1 (in this process)
+        train = task.datasets["train"]
+        n_labeled = len(train.src.datasets[0])
+        assert n_labeled == 1500 and len(train) == n_labeled + 500  # 0.25 / 0.75 x 1,500
+        translations = shard_pairs(tmp_path, (epoch - 1) // 2)
+        by_source = {tuple(task.pool[i].tolist()): t.tolist() for i, t in translations.items()}
+        assert len(by_source) == 40  # the pool's sentences are distinct: the lookup is one-to-one
+        rows = [(tuple(train.src[j].tolist()), train.tgt[j].tolist()) for j in range(n_labeled, len(train))]
+        assert all(by_source.get(src) == tgt for src, tgt in rows)
+        chosen[epoch] = {src for src, _ in rows}
+        assert chosen[epoch] == set(by_source)  # 500 draws of 40 pairs: each one at least 12 times
+    assert not chosen[1] & chosen[3]  # a new shard: other pool sentences

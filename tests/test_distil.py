@@ -75,3 +75,31 @@ def test_distil_sh_checks_its_input_first(tmp_path):
         g.write("t1 t2\n")
     proc = distil(raw, tmp_path / "work", check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == f"distil.sh: {raw}/test.src has 2 lines, test.tgt has 1"
+
+
+def test_sentencepiece_prep_keeps_pairs_aligned_on_messy_text(tmp_path):
+    """CRLF endings, a stray carriage return inside a line, a last line without its newline and
+    a byte that is not UTF-8: every split keeps one encoded line per "\n"-ended raw line (what
+    `wc -l` and the references count), with no "\r" left for fairseq-preprocess to split on."""
+    raw, out = tmp_path / "raw", tmp_path / "spm"
+    utils.write_toy_corpus(raw, sizes=(("train", 200), ("valid", 5), ("test", 5)))
+    train = (raw / "train.src").read_bytes().replace(b"\n", b"\r\n")
+    (raw / "train.src").write_bytes(train.replace(b"\r\n", b" a\rb \xff\r\n", 1).rstrip(b"\r\n"))
+    script = os.path.join(utils.REPO, "examples", "data", "sentencepiece_prep.py")
+    prep = [os.path.join(utils.BIN, "python"), script, raw, out, "--src", "src", "--tgt", "tgt", "--vocab-size"]
+    proc = subprocess.run(prep + ["400"], capture_output=True, text=True)  # more than the text allows
+    assert proc.returncode == 1 and proc.stderr.startswith("sentencepiece_prep: SentencePiece could not train on ")
+    assert "Vocabulary size too high (400)" in proc.stderr and "Traceback" not in proc.stderr
+    subprocess.run(prep + ["30"], check=True, capture_output=True)
+    for split in ("train", "valid", "test"):
+        expected = (raw / f"{split}.tgt").read_bytes().count(b"\n")
+        for lang in ("src", "tgt"):
+            encoded = (out / f"{split}.{lang}").read_bytes()
+            assert encoded.count(b"\n") == expected and b"\r" not in encoded, (split, lang)
+
+    (raw / "test.tgt").write_text("only one line\n")  # misaligned sides: a one-line error
+    for f in out.glob("test.*"):
+        f.unlink()
+    proc = subprocess.run(prep + ["30"], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "sentencepiece_prep: test.src has 5 lines, test.tgt has 1: the two sides of a split must be line-aligned")

@@ -183,8 +183,10 @@ def teacher_top1_agreement(student, teacher, task, subset: str, max_tokens: int)
 
 
 def read_lines(path: str) -> List[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+    """Lines ended by "\n" only, as examples/data/sentencepiece_prep.py numbers the test set's
+    sentences (a stray "\r" does not split a reference; CRLF endings lose their "\r")."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        return [line.rstrip("\n").rstrip("\r") for line in f]
 
 
 def comet_score(model_name: str, sources, hyps, refs) -> float:

@@ -14,7 +14,8 @@ for split in train valid test; do
   for lang in "$SRC" "$TGT"; do
     [ -s "$W/raw/$split.$lang" ] || { echo "binarize.sh: missing $W/raw/$split.$lang" >&2; exit 1; }
   done
-  a=$(wc -l < "$W/raw/$split.$SRC") b=$(wc -l < "$W/raw/$split.$TGT")
+  # lines as fairseq reads them ("\n"-ended; a last line without one counts)
+  a=$(awk 'END {print NR}' "$W/raw/$split.$SRC") b=$(awk 'END {print NR}' "$W/raw/$split.$TGT")
   [ "$a" = "$b" ] || { echo "binarize.sh: $W/raw/$split.$SRC has $a lines, $split.$TGT has $b" >&2; exit 1; }
 done
 python "$HERE/sentencepiece_prep.py" "$W/raw" "$W/spm" --src "$SRC" --tgt "$TGT" --vocab-size "$VOCAB"

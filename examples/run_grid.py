@@ -115,7 +115,9 @@ def status_argv(argv):
     """``--status --work W`` alone: the settings of W's last recorded invocation, plus --status."""
     args = parse_args(argv)
     path = os.path.join(args.work, "grid.json")
-    if set(a for a in argv if a.startswith("--")) == {"--status", "--work"} and os.path.exists(path):
+    if set(a for a in argv if a.startswith("--")) == {"--status", "--work"}:
+        if not os.path.exists(path):
+            sys.exit(f"run_grid: {path} does not exist (the grid has not started): give --status the grid's options")
         with open(path) as f:
             last = json.load(f)["invocations"][-1]["argv"]
         return parse_args(last + ["--status"])

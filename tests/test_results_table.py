@@ -120,6 +120,11 @@ def test_markdown_and_plots(work, tmp_path_factory):
     assert "a CE student given the TIE-KD student's CPU time (2.22 vs 2.22 CPU-h" in text
     assert "TIE-KD is ahead by 1.00 BLEU" in text
     assert "## en-de: how it was run" in text and "## en-fr" in text and "### en-fr" in text
+    assert ("- en-de, micro students (0.65M params, 3 seed(s)), test BLEU / chrF: CE (no KD) 12.00 ± 2.00 / 32.00; "
+            "word-KD 13.00 ± 2.00 / 33.00; TIE-KD 15.00 ± 2.00 / 35.00 (teacher 20.00 / 45.00).") in text
+    assert ("- Equal compute: CE, TIE-KD's CPU time (800 updates) scored 14.00 ± 2.00 BLEU / 34.00 chrF against "
+            "TIE-KD's 15.00 / 35.00.") in text
+    assert "- en-fr, nano: CE (no KD) 8.00; TIE-KD 10.50 BLEU." in text
     assert "Convergence: 5 of 11 runs stopped because validation CE stopped improving." in text
     assert "--user-dir tiekd_fairseq --criterion tie_kd" in text and "/somewhere" not in text
     for plot in ("results_capacity_gap.png", "results_compute.png", "results_valid_curves.png"):

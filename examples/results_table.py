@@ -131,8 +131,11 @@ def paired_bootstrap(records, system="tie_kd", baseline="word_kd", n_samples=100
 
 
 def read_lines(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+    """As ``tiekd_fairseq.evaluate.read_lines`` reads the same files when it scores them ("\n"
+    ends a line, a CRLF ending loses its "\r"); not imported from there, because importing the
+    plugin imports fairseq, whose logging setup floods this script's output."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        return [line.rstrip("\n").rstrip("\r") for line in f]
 
 
 def fmt(mean, sd=None, digits=2):

@@ -129,3 +129,11 @@ def test_markdown_and_plots(work, tmp_path_factory):
     assert "--user-dir tiekd_fairseq --criterion tie_kd" in text and "/somewhere" not in text
     for plot in ("results_capacity_gap.png", "results_compute.png", "results_valid_curves.png"):
         assert (work / plot).stat().st_size > 1000
+
+
+def test_reads_references_as_tiekd_eval_does(tmp_path):
+    from tiekd_fairseq.evaluate import read_lines
+
+    ref = tmp_path / "ref.txt"
+    ref.write_bytes(b"one\r\ntwo a\rb\r\nthree")  # CRLF, a stray carriage return, no final newline
+    assert results_table.read_lines(ref) == read_lines(ref) == ["one", "two a\rb", "three"]

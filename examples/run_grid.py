@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -390,44 +391,41 @@ class Grid:
         """Each run's state, and the CPU time the unfinished ones will take, estimated from the
         finished runs of the same size and method (else of the method, else of the run measured
         against for *_eqtime)."""
-        rows, done = [], {}
+        rows, done = [], {}  # rows: dicts with "left" None until estimated, 0.0 when trained
         for name, size, method, _ in [("teacher", "teacher", "teacher", 1)] + self.run_plan():
             run_dir = self.teacher_dir if name == "teacher" else os.path.join(self.work, "runs", name)
             train_json = os.path.join(run_dir, "train.json")
             cpu_file, train_log = os.path.join(run_dir, "cpu.json"), os.path.join(run_dir, "train.log")
-            cpu = sum(json.load(open(cpu_file))["segments"]) if os.path.exists(cpu_file) else 0.0
+            row = {"name": name, "size": size, "method": method, "left": None,
+                   "cpu": sum(json.load(open(cpu_file))["segments"]) if os.path.exists(cpu_file) else 0.0}
             if os.path.exists(train_json):
                 record = json.load(open(train_json))
                 done.setdefault((size, method), []).append(record["cpu_seconds"])
                 state = "evaluated" if glob.glob(os.path.join(run_dir, "eval-*.json")) else "trained"
-                rows.append((name, f"{state}: {record['updates']} updates ({record['stopped']})",
-                             record["cpu_seconds"], 0.0))
+                row.update(state=f"{state}: {record['updates']} updates ({record['stopped']})",
+                           cpu=record["cpu_seconds"], left=0.0)
             else:
-                state = (f"training: {logged_progress(train_log)[0]} updates so far"
-                         if os.path.exists(train_log) else "not started")
-                rows.append((name, state, cpu, None, size, method))
+                row["state"] = (f"training: {logged_progress(train_log)[0]} updates so far"
+                                if os.path.exists(train_log) else "not started")
+            rows.append(row)
         by_method = {}
         for (size, method), values in done.items():
             by_method.setdefault(method, []).extend(values)
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        left = 0.0
-        for i, row in enumerate(rows):
-            if row[3] is not None:
+        for row in rows:
+            if row["left"] is not None:
                 continue
-            name, state, cpu, _, size, method = row
-            base = method[:-len(EQTIME)] if method.endswith(EQTIME) else method
+            size, method = row["size"], row["method"]
             guess = done.get((size, method)) or by_method.get(method) or (
-                done.get((size, "tie_kd")) if method.endswith(EQTIME) else None) or by_method.get(base)
-            rest = None if guess is None else max(0.0, mean(guess) - cpu)
-            left += rest or 0.0
-            rows[i] = (name, state, cpu, rest)
-        width = max(len(r[0]) for r in rows)
-        for name, state, cpu, rest in rows:
-            more = "" if rest == 0.0 else ("  (left: unknown)" if rest is None else f"  (left: ~{rest / 60:.0f} CPU-min)")
-            print(f"{name:<{width}}  {state:<40} {cpu / 60:7.1f} CPU-min{more}")
-        finished = sum(r[3] == 0.0 for r in rows)
-        used = sum(r[2] for r in rows) / 3600
-        print(f"{finished} of {len(rows)} runs trained; {used:.1f} CPU-h used; about {left / 3600:.1f} CPU-h left "
+                (done.get((size, "tie_kd")) or by_method.get(method[:-len(EQTIME)])) if method.endswith(EQTIME) else None)
+            row["left"] = None if guess is None else max(0.0, statistics.fmean(guess) - row["cpu"])
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            left = r["left"]
+            more = "" if left == 0.0 else ("  (left: unknown)" if left is None else f"  (left: ~{left / 60:.0f} CPU-min)")
+            print(f"{r['name']:<{width}}  {r['state']:<40} {r['cpu'] / 60:7.1f} CPU-min{more}")
+        left = sum(r["left"] or 0.0 for r in rows)
+        print(f"{sum(r['left'] == 0.0 for r in rows)} of {len(rows)} runs trained; "
+              f"{sum(r['cpu'] for r in rows) / 3600:.1f} CPU-h used; about {left / 3600:.1f} CPU-h left "
               f"(~{left / 3600 / max(1, self.a.jobs * self.a.threads):.1f} h on {self.a.jobs} x {self.a.threads} "
               f"thread(s); runs with no finished run of their method are not counted)")
 

@@ -52,7 +52,21 @@ def _with_train_record(eval_path):
             record.update({k: v for k, v in json.load(f).items() if k not in record})
     record["valid_curve"] = valid_curve(run_dir)
     record["valid_fall_1k"] = valid_fall(record["valid_curve"])
+    if record.get("hyp") and record.get("ref"):
+        record.update(length_stats(record["hyp"], record["ref"]))
     return record
+
+
+def length_stats(hyp, ref):
+    """BLEU's length terms of a run's translations: hypothesis/reference length, the brevity
+    penalty, and BLEU without it (the geometric mean of the 1-4-gram precisions, x100), which
+    tells a shorter-but-more-precise system from a worse one."""
+    from sacrebleu.metrics import BLEU
+
+    score = BLEU().corpus_score(read_lines(hyp), [read_lines(ref)])
+    return {"length_ratio": score.sys_len / score.ref_len if score.ref_len else None,
+            "brevity_penalty": score.bp,
+            "bleu_without_bp": score.score / score.bp if score.bp else None}
 
 
 def valid_curve(run_dir):
@@ -96,7 +110,8 @@ def summarize(records):
         s = {"seeds": sorted(r["seed"] for r in runs), "params": runs[0]["params"],
              "stopped_by_patience": sum(r.get("stopped") == "patience" for r in runs)}
         for field in ("bleu", "chrf", "teacher_top1_agree", "train_seconds", "cpu_seconds", "updates_per_second",
-                      "peak_rss_mib", "num_updates", "best_valid_loss", "valid_fall_1k"):
+                      "peak_rss_mib", "num_updates", "best_valid_loss", "valid_fall_1k", "length_ratio",
+                      "bleu_without_bp"):
             s[field], s[field + "_sd"] = mean_sd([r.get(field) for r in runs])
         summary[key] = s
     for (size, method), s in summary.items():  # gains of the mean BLEU (and chrF) over the baselines
@@ -159,9 +174,9 @@ def sizes_in_order(summary):
 
 def results_table(summary, methods=None):
     lines = ["| student | params | method | seeds | BLEU | chrF | Δ BLEU vs CE | Δ BLEU vs word-KD "
-             "| updates | stopped by patience | best valid CE (bits) | valid CE fall, last 1k updates "
+             "| hyp/ref length | updates | stopped by patience | best valid CE (bits) | valid CE fall, last 1k updates "
              "| teacher top-1 agree | CPU-h | wall h | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in sizes_in_order(summary):
         for method in methods or METHOD_NAMES:
             s = summary.get((size, method))
@@ -171,7 +186,7 @@ def results_table(summary, methods=None):
                 f"| {size} | {s['params'] / 1e6:.2f}M | {METHOD_NAMES[method]} | {len(s['seeds'])} "
                 f"| {fmt(s['bleu'], s['bleu_sd'])} | {fmt(s['chrf'], s['chrf_sd'])} "
                 f"| {signed(s['gain_over_ce'])} | {signed(s['gain_over_word_kd'])} "
-                f"| {fmt(s['num_updates'], digits=0)} | {s['stopped_by_patience']} of {len(s['seeds'])} "
+                f"| {fmt(s['length_ratio'], digits=3)} | {fmt(s['num_updates'], digits=0)} | {s['stopped_by_patience']} of {len(s['seeds'])} "
                 f"| {fmt(s['best_valid_loss'], digits=3)} | {fmt(s['valid_fall_1k'], digits=3)} "
                 f"| {fmt(s['teacher_top1_agree'], digits=3)} "
                 f"| {fmt(hours(s['cpu_seconds']))} | {fmt(hours(s['train_seconds']))} "
@@ -323,6 +338,12 @@ def findings(summary, boot_word, boot_ce, main_size=None, teacher=None):
                        f"{signed(tie['chrf_gain_over_word_kd'])} chrF; TIE-KD is significantly better "
                        f"(paired bootstrap, p < 0.05) in {won_b} of {n} seeds by BLEU and "
                        f"{won_c} of {n} by chrF.")
+            if tie["length_ratio"] is not None and word["length_ratio"] is not None:
+                out.append(f"- **{size}**: length: TIE-KD's translations are {tie['length_ratio']:.3f} of the "
+                           f"reference length, word-KD's {word['length_ratio']:.3f}; BLEU without its brevity "
+                           f"penalty (the 1-4-gram precisions' geometric mean) is {fmt(tie['bleu_without_bp'])} "
+                           f"for TIE-KD and {fmt(word['bleu_without_bp'])} for word-KD "
+                           f"({signed(tie['bleu_without_bp'] - word['bleu_without_bp'])}).")
         best = max((s["bleu"], m) for (z, m), s in summary.items() if z == size and not m.endswith(EQTIME))
         out.append(f"- **{size}**: best method by mean BLEU: {METHOD_NAMES[best[1]]} ({best[0]:.2f}).")
     if len(sizes) > 1:
@@ -439,7 +460,11 @@ def headline(works, data):
         won_c, _ = wins(boot_word, size, "chrF2")
         lines.append(f"- TIE-KD beat word-KD significantly (paired bootstrap, p < 0.05) in {won_b} of {n} seeds "
                      f"by BLEU and {won_c} of {n} by chrF.")
-    tie = summary.get((size, "tie_kd"))
+    tie, word = summary.get((size, "tie_kd")), summary.get((size, "word_kd"))
+    if tie and word and tie["length_ratio"] is not None and word["length_ratio"] is not None:
+        lines.append(f"- Length: TIE-KD's translations are {tie['length_ratio']:.3f} of the reference length, "
+                     f"word-KD's {word['length_ratio']:.3f}; without BLEU's brevity penalty TIE-KD scores "
+                     f"{fmt(tie['bleu_without_bp'])}, word-KD {fmt(word['bleu_without_bp'])}.")
     for base in ("ce_eqtime", "word_kd_eqtime"):
         b = summary.get((size, base))
         if tie and b:
@@ -486,7 +511,8 @@ def render(works, data, plots):
              "work sharing the cores, unlike wall time, which is given beside it).", "",
              teacher_line(teacher), "",
              f"## {name}: BLEU and chrF, mean ± sd over seeds", "", results_table(summary), "",
-             "Δ columns: difference of the mean BLEU.", ""]
+             "Δ columns: difference of the mean BLEU. hyp/ref length: the translations' length over the "
+             "references' (sacreBLEU's tokens; below 1 BLEU's brevity penalty applies).", ""]
     if boot_word:
         parts += ["### TIE-KD vs word-KD: paired bootstrap (sacreBLEU `--paired-bs`, 1000 resamples)", "",
                   bootstrap_table(boot_word), "", f"Signature: `{boot_word[0]['BLEU']['signature']}`", ""]

@@ -90,6 +90,19 @@ def test_validation_curves(work):
     assert results_table.mean_curve(runs) == [(pytest.approx(0.75), 6.5), (pytest.approx(1.5), 5.5)]  # (0.5+1)/2, (1+2)/2
 
 
+def test_length_terms_come_from_the_translations(work):
+    records = {(r["size"], r["method"], r["seed"]): r for r in results_table.load_records(str(work))}
+    ce = records[("micro", "ce", 1)]
+    expected = sacrebleu.corpus_bleu(HYPS["ce"], [REFS])
+    assert ce["length_ratio"] == pytest.approx(12 / 29)  # 12 hypothesis tokens for 29 reference tokens
+    assert ce["brevity_penalty"] == pytest.approx(expected.bp) and expected.bp < 0.5
+    assert ce["bleu_without_bp"] == pytest.approx(expected.score / expected.bp)
+    word = records[("micro", "word_kd", 1)]
+    assert word["length_ratio"] == pytest.approx(18 / 29)
+    summary = results_table.summarize(list(records.values()))
+    assert summary[("micro", "tie_kd")]["length_ratio"] == pytest.approx(28 / 29)
+
+
 def test_paired_bootstrap_uses_the_hypothesis_files(work):
     rows = results_table.paired_bootstrap(results_table.load_records(str(work)), n_samples=200)
     assert [(r["size"], r["seed"]) for r in rows] == [("micro", 1), ("micro", 2), ("micro", 3)]
@@ -110,8 +123,10 @@ def test_markdown_and_plots(work, tmp_path_factory):
     out = work / "results.md"
     results_table.main(["--work", str(work), "--work", str(second), "--out", str(out), "--bootstrap-samples", "100"])
     text = out.read_text()
-    assert ("| micro | 0.65M | TIE-KD | 3 | 15.00 ± 2.00 | 35.00 ± 2.00 | +3.00 | +2.00 | 800 | 1 of 3 | 7.000 "
-            "| — | 0.520 | 2.22 | 0.03 |") in text  # validated over 800 updates only: no 1k fall
+    assert ("| micro | 0.65M | TIE-KD | 3 | 15.00 ± 2.00 | 35.00 ± 2.00 | +3.00 | +2.00 | 0.966 | 800 | 1 of 3 | 7.000 "
+            "| — | 0.520 | 2.22 | 0.03 |") in text  # 28 of 29 reference tokens; validated over 800 updates only
+    assert ("**micro**: length: TIE-KD's translations are 0.966 of the reference length, word-KD's 0.621; "
+            "BLEU without its brevity penalty") in text
     assert "| nano | 0.30M | TIE-KD | 1 | 10.50 | 30.50 | +2.50 | — |" in text
     assert "**micro**: TIE-KD vs CE +3.00 BLEU (above the paper's +0.6 to +1.1), +3.00 chrF" in text
     assert "BLEU 20.00, chrF 45.00" in text and "stopped by patience, 2.00 CPU-h" in text
@@ -124,6 +139,7 @@ def test_markdown_and_plots(work, tmp_path_factory):
             "word-KD 13.00 ± 2.00 / 33.00; TIE-KD 15.00 ± 2.00 / 35.00 (teacher 20.00 / 45.00).") in text
     assert ("- Equal compute: CE, TIE-KD's CPU time (800 updates) scored 14.00 ± 2.00 BLEU / 34.00 chrF against "
             "TIE-KD's 15.00 / 35.00.") in text
+    assert "- Length: TIE-KD's translations are 0.966 of the reference length, word-KD's 0.621; without" in text
     assert "- en-fr, nano: CE (no KD) 8.00; TIE-KD 10.50 BLEU." in text
     assert "Convergence: 5 of 11 runs stopped because validation CE stopped improving." in text
     assert "--user-dir tiekd_fairseq --criterion tie_kd" in text and "/somewhere" not in text

@@ -27,6 +27,11 @@ METHOD_NAMES = {  # display order
     "word_kd_eqtime": "word-KD, TIE-KD's CPU time",
 }
 EQTIME = "_eqtime"
+COLOURS = {"ce": "C0", "word_kd": "C1", "seq_kd": "C2", "tie_kd": "C3", "tie_kd_pool": "C4"}  # one per method in every plot
+
+
+def colour(method):
+    return COLOURS.get(method[:-len(EQTIME)] if method.endswith(EQTIME) else method)
 PAPER = ("TIE-KD gains +1.04 (WMT'14 en-de), +0.60 (en-fr) and +1.11 (WMT'16 en-ro) BLEU over the "
          "student trained without KD, beats vanilla word-level KD on all three, and its gain holds "
          "better than other KD methods' as the teacher-student capacity gap changes. Setting: "
@@ -224,7 +229,7 @@ def capacity_gap_plot(summary, teacher_params, path):
         points = [(teacher_params / summary[(z, method)]["params"], summary[(z, method)]["gain_over_ce"])
                   for z in sizes if (z, method) in summary and summary[(z, method)]["gain_over_ce"] is not None]
         if points:
-            ax.plot(*zip(*sorted(points)), marker="o", label=METHOD_NAMES[method])
+            ax.plot(*zip(*sorted(points)), marker="o", color=colour(method), label=METHOD_NAMES[method])
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("capacity gap: teacher params / student params")
     ax.set_ylabel("BLEU gain over the CE student")
@@ -251,10 +256,13 @@ def compute_plot(summary, path):
                         if m in (method, method + EQTIME) and s["cpu_seconds"] is not None)
         if not points:
             continue
-        line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=METHOD_NAMES[method])
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colour(method),
+                label=METHOD_NAMES[method])
         for x, y, label in points:
+            if label.endswith("(TIE-KD time)"):  # the equal-compute point: a square on its method's line
+                ax.plot([x], [y], marker="s", markersize=8, color=colour(method))
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
-                        color=line.get_color())
+                        color=colour(method))
     ax.set_xscale("log")
     ax.set_xlabel("training CPU-hours per run (log scale; mean over seeds)")
     ax.set_ylabel("test BLEU (mean over seeds)")
@@ -285,16 +293,13 @@ def learning_curve_plot(records, size, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {}
     for method in METHOD_NAMES:
         runs = [r for r in records if r["size"] == size and r["method"] == method
                 and r["valid_curve"] and r.get("cpu_seconds")]
         if not runs:
             continue
-        base = method[:-len(EQTIME)] if method.endswith(EQTIME) else method
-        line, = ax.plot(*zip(*mean_curve(runs)), linestyle="--" if base != method else "-",
-                        color=colours.get(base), label=METHOD_NAMES[method])
-        colours.setdefault(base, line.get_color())
+        ax.plot(*zip(*mean_curve(runs)), linestyle="--" if method.endswith(EQTIME) else "-",
+                color=colour(method), label=METHOD_NAMES[method])
     ax.set_xscale("log")
     ax.set_xlabel("training CPU-hours (log scale; mean over seeds)")
     ax.set_ylabel("validation CE, label-smoothed (bits)")

@@ -27,10 +27,22 @@ POOL_FROM=("$CORPUS"/en-fr/train.en)
 # 5,000 updates (about 2.4 epochs of en-de), the teacher after 5 (one every 1,000) or at 20,000.
 COMMON=(--vocab 4000 --teacher-arch tie_kd_transformer_tiny --teacher-updates 20000 --teacher-patience 5
   --teacher-save-every 1000 --updates 5000 --patience 3 --save-every 500 --average-last 5 --jobs 2 --threads 1 --teacher-threads 1)
+# The two pairs run side by side, each logging to its own file: one after the other, the en-fr
+# teacher (a single-threaded run that its students wait for) would leave a core idle for an hour.
+# CPU-seconds, not wall time, measure each run's compute, so sharing the cores does not bias them.
 $PY examples/run_grid.py --work "$W/en-de" --raw "$CORPUS/en-de" --pool-text "$W/pool.en" --tgt de "${COMMON[@]}" \
   --data-note "en-de from ../shared/mtdata/build.sh (LibreOffice help and UI, man pages, Wesnoth, GNOME help; document-disjoint splits); pool: English of its en-fr and en-es corpora not in en-de" \
   --sizes micro:3,nano:3:ce+word_kd+tie_kd,mini:3:ce+word_kd+tie_kd \
-  --methods ce,word_kd,seq_kd,tie_kd,tie_kd_pool --pool-per-epoch 9000 --eqtime micro:3
+  --methods ce,word_kd,seq_kd,tie_kd,tie_kd_pool --pool-per-epoch 9000 --eqtime micro:3 >> "$W/en-de.log" 2>&1 &
+EN_DE=$!
+# background jobs of a script ignore Ctrl-C: pass it (and TERM) on to the whole group
+trap 'trap - INT TERM; kill 0' INT TERM
 $PY examples/run_grid.py --work "$W/en-fr" --raw "$CORPUS/en-fr" --tgt fr "${COMMON[@]}" \
   --data-note "en-fr from ../shared/mtdata/build.sh (same sources and splits as en-de)" \
-  --sizes micro:3 --methods ce,word_kd,tie_kd
+  --sizes micro:3 --methods ce,word_kd,tie_kd >> "$W/en-fr.log" 2>&1 &
+EN_FR=$!
+echo "running en-de (log: $W/en-de.log) and en-fr (log: $W/en-fr.log) side by side"
+status=0
+wait "$EN_DE" || { status=$?; echo "en-de failed (exit $status): see $W/en-de.log" >&2; }
+wait "$EN_FR" || { status=$?; echo "en-fr failed (exit $status): see $W/en-fr.log" >&2; }
+exit "$status"

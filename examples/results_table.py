@@ -5,7 +5,8 @@ examples/run_grid.py: tiekd-eval's ``eval-*.json`` and the runner's ``train.json
 usage: python examples/results_table.py --work WORK/en-de [--work WORK/en-fr ...] [--out docs/results.md]
 The first --work is the main language pair (sizes, equal-compute baselines, capacity gap); the
 others are reported as further pairs. Nothing in the tables is typed by hand: rerun this after
-the grid to regenerate them.
+the grid to regenerate them. A grid that has not finished is reported as such, with the runs
+still missing.
 """
 import argparse
 import glob
@@ -13,9 +14,10 @@ import json
 import os
 import re
 import statistics
+import sys
 from collections import defaultdict
 
-from run_grid import validations  # the runner's reading of a run's train.log
+from run_grid import parse_args as grid_args, run_plan, validations  # the runner's plan and log reading
 
 METHOD_NAMES = {  # display order
     "ce": "CE (no KD)",
@@ -28,23 +30,48 @@ METHOD_NAMES = {  # display order
 }
 EQTIME = "_eqtime"
 COLOURS = {"ce": "C0", "word_kd": "C1", "seq_kd": "C2", "tie_kd": "C3", "tie_kd_pool": "C4"}  # one per method in every plot
-
-
-def colour(method):
-    return COLOURS.get(method[:-len(EQTIME)] if method.endswith(EQTIME) else method)
 PAPER = ("TIE-KD gains +1.04 (WMT'14 en-de), +0.60 (en-fr) and +1.11 (WMT'16 en-ro) BLEU over the "
          "student trained without KD, beats vanilla word-level KD on all three, and its gain holds "
          "better than other KD methods' as the teacher-student capacity gap changes. Setting: "
-         "Transformer-big teacher, Transformer-base student, millions of sentence pairs, 200k "
-         "updates on GPUs")
+         "Transformer-big teacher, Transformer-base student (about 60M parameters), millions of sentence "
+         "pairs, 200k updates on GPUs")
+PAPER_STUDENT_PARAMS = 60e6
+SIGNIFICANT = 0.05
 
+
+def colour(method):
+    return COLOURS.get(base_method(method))
+
+
+def base_method(method):
+    return method[:-len(EQTIME)] if method.endswith(EQTIME) else method
+
+
+# ---------------------------------------------------------------- records
 
 def load_records(work):
-    """One dict per evaluated student run: tiekd-eval's record plus the runner's train.json."""
+    """One dict per evaluated student run: its test-set tiekd-eval record plus the runner's train.json."""
     records = []
-    for path in sorted(glob.glob(os.path.join(work, "runs", "*", "eval-*.json"))):
-        records.append(_with_train_record(path))
+    for run_dir in sorted(glob.glob(os.path.join(work, "runs", "*"))):
+        path = test_eval(run_dir)
+        if path:
+            records.append(_with_train_record(path))
     return records
+
+
+def test_eval(run_dir):
+    """The run's test-set evaluation record; with several (another beam, a later re-evaluation),
+    the newest, said on stderr so that nothing is averaged in silently."""
+    found = []
+    for path in glob.glob(os.path.join(run_dir, "eval-*.json")):
+        with open(path) as f:
+            if json.load(f).get("gen_subset", "test") == "test":
+                found.append(path)
+    if len(found) > 1:
+        found.sort(key=os.path.getmtime)
+        print(f"results_table: {run_dir} has {len(found)} test evaluations; using the newest, "
+              f"{os.path.basename(found[-1])}", file=sys.stderr)
+    return found[-1] if found else None
 
 
 def _with_train_record(eval_path):
@@ -63,15 +90,12 @@ def _with_train_record(eval_path):
 
 
 def length_stats(hyp, ref):
-    """BLEU's length terms of a run's translations: hypothesis/reference length, the brevity
-    penalty, and BLEU without it (the geometric mean of the 1-4-gram precisions, x100), which
-    tells a shorter-but-more-precise system from a worse one."""
+    """BLEU's length terms of a run's translations: hypothesis/reference length (sacreBLEU's
+    tokens) and the brevity penalty."""
     from sacrebleu.metrics import BLEU
 
     score = BLEU().corpus_score(read_lines(hyp), [read_lines(ref)])
-    return {"length_ratio": score.sys_len / score.ref_len if score.ref_len else None,
-            "brevity_penalty": score.bp,
-            "bleu_without_bp": score.score / score.bp if score.bp else None}
+    return {"length_ratio": score.sys_len / score.ref_len if score.ref_len else None, "brevity_penalty": score.bp}
 
 
 def valid_curve(run_dir):
@@ -94,60 +118,22 @@ def valid_fall(curve, span=1000):
 
 
 def load_teacher(work):
-    found = glob.glob(os.path.join(work, "teacher", "eval-*.json"))
-    return _with_train_record(found[0]) if found else None
+    path = test_eval(os.path.join(work, "teacher"))
+    return _with_train_record(path) if path else None
 
 
-def mean_sd(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+def load_grid(work):
+    path = os.path.join(work, "grid.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
-def summarize(records):
-    """{(size, method): summary} with means and sample sds over seeds."""
-    groups = defaultdict(list)
-    for r in records:
-        groups[(r["size"], r["method"])].append(r)
-    summary = {}
-    for key, runs in groups.items():
-        s = {"seeds": sorted(r["seed"] for r in runs), "params": runs[0]["params"],
-             "stopped_by_patience": sum(r.get("stopped") == "patience" for r in runs)}
-        for field in ("bleu", "chrf", "teacher_top1_agree", "train_seconds", "cpu_seconds", "updates_per_second",
-                      "peak_rss_mib", "num_updates", "best_valid_loss", "valid_fall_1k", "length_ratio",
-                      "bleu_without_bp"):
-            s[field], s[field + "_sd"] = mean_sd([r.get(field) for r in runs])
-        summary[key] = s
-    for (size, method), s in summary.items():  # gains of the mean BLEU (and chrF) over the baselines
-        for base in ("ce", "word_kd"):
-            b = summary.get((size, base))
-            s[f"gain_over_{base}"] = None if b is None or method == base else s["bleu"] - b["bleu"]
-            s[f"chrf_gain_over_{base}"] = None if b is None or method == base else s["chrf"] - b["chrf"]
-    return summary
-
-
-def paired_bootstrap(records, system="tie_kd", baseline="word_kd", n_samples=1000):
-    """sacreBLEU's paired bootstrap (``--paired-bs``) of system vs baseline, per size and seed."""
-    from sacrebleu.metrics import BLEU, CHRF
-    from sacrebleu.significance import PairedTest
-
-    by_key = {(r["size"], r["method"], r["seed"]): r for r in records}
-    rows = []
-    for (size, method, seed), r in sorted(by_key.items()):
-        base = by_key.get((size, baseline, seed))
-        if method != system or base is None:
-            continue
-        refs = read_lines(r["ref"])
-        test = PairedTest([(f"Baseline: {baseline}", read_lines(base["hyp"])), (system, read_lines(r["hyp"]))],
-                          {"BLEU": BLEU(references=[refs]), "chrF": CHRF(references=[refs])},
-                          references=None, test_type="bs", n_samples=n_samples)
-        signatures, scores = test()
-        rows.append({"size": size, "seed": seed, "baseline": baseline, **{
-            name: {"baseline": scores[name][0].score, "system": scores[name][1].score,
-                   "p_value": scores[name][1].p_value, "signature": str(sig)}
-            for name, sig in signatures.items()}})
-    return rows
+def planned_runs(grid):
+    """[(name, size, method, seed)] the grid's last invocation set out to train, or [] if unknown."""
+    argv = (grid.get("invocations") or [{}])[-1].get("argv")
+    return run_plan(grid_args(argv)) if argv is not None else []
 
 
 def read_lines(path):
@@ -158,14 +144,122 @@ def read_lines(path):
         return [line.rstrip("\n").rstrip("\r") for line in f]
 
 
+# ---------------------------------------------------------------- statistics
+
+def mean_sd(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(records):
+    """{(size, method): summary}: means and sample sds over seeds, and the paired differences
+    to CE and word-KD over the seeds both have (``gain_over_ce``, ``..._sd``, ``..._n``)."""
+    groups = defaultdict(list)
+    for r in records:
+        groups[(r["size"], r["method"])].append(r)
+    summary = {}
+    for key, runs in groups.items():
+        s = {"seeds": sorted(r["seed"] for r in runs), "params": runs[0]["params"],
+             "by_seed": {r["seed"]: r for r in runs},
+             "stopped_by_patience": sum(r.get("stopped") == "patience" for r in runs),
+             "at_cap": sum(r.get("stopped") == "max_update" for r in runs)}
+        for field in ("bleu", "chrf", "teacher_top1_agree", "train_seconds", "cpu_seconds", "updates_per_second",
+                      "peak_rss_mib", "num_updates", "best_valid_loss", "valid_fall_1k", "length_ratio",
+                      "brevity_penalty"):
+            values = [r.get(field) for r in runs]
+            s[field], s[field + "_sd"] = mean_sd(values)
+            s[field + "_n"] = sum(v is not None for v in values)
+        summary[key] = s
+    for (size, method), s in summary.items():
+        for base in ("ce", "word_kd", "tie_kd"):
+            b = summary.get((size, base))
+            for metric, name in (("bleu", f"gain_over_{base}"), ("chrf", f"chrf_gain_over_{base}")):
+                if b is None or method == base:
+                    s[name], s[name + "_sd"], s[name + "_n"] = None, None, 0
+                    continue
+                diffs = paired_differences(s, b, metric)
+                s[name], s[name + "_sd"] = mean_sd(diffs)
+                s[name + "_n"] = len(diffs)
+    return summary
+
+
+def paired_differences(s, base, metric):
+    """Per-seed differences of a metric between two methods, over the seeds both have."""
+    shared = sorted(set(s["by_seed"]) & set(base["by_seed"]))
+    return [s["by_seed"][seed][metric] - base["by_seed"][seed][metric] for seed in shared
+            if s["by_seed"][seed].get(metric) is not None and base["by_seed"][seed].get(metric) is not None]
+
+
+def paired_bootstrap(records, system="tie_kd", baseline="word_kd", n_samples=1000):
+    """sacreBLEU's paired bootstrap (``--paired-bs``) of system vs baseline, per size and seed."""
+    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.significance import PairedTest
+
+    by_key = {(r["size"], r["method"], r["seed"]): r for r in records}
+    order = {z: i for i, z in enumerate(sorted({r["size"] for r in records},
+                                               key=lambda z: min(r["params"] for r in records if r["size"] == z)))}
+    rows = []
+    for (size, method, seed), r in sorted(by_key.items(), key=lambda kv: (order[kv[0][0]], kv[0][2])):
+        base = by_key.get((size, baseline, seed))
+        if method != system or base is None:
+            continue
+        refs = read_lines(r["ref"])
+        test = PairedTest([(f"Baseline: {baseline}", read_lines(base["hyp"])), (system, read_lines(r["hyp"]))],
+                          {"BLEU": BLEU(references=[refs]), "chrF": CHRF(references=[refs])},
+                          references=None, test_type="bs", n_samples=n_samples)
+        signatures, scores = test()
+        rows.append({"size": size, "seed": seed, "system": system, "baseline": baseline, "n_samples": n_samples, **{
+            name: {"baseline": scores[name][0].score, "system": scores[name][1].score,
+                   "p_value": scores[name][1].p_value, "signature": str(sig)}
+            for name, sig in signatures.items()}})
+    return rows
+
+
+def significantly_better(row, metric):
+    return row[metric]["p_value"] < SIGNIFICANT and row[metric]["system"] > row[metric]["baseline"]
+
+
+def wins(rows, size, metric):
+    """Seeds where the system is significantly better (p < 0.05), out of the seeds compared."""
+    sig = [r for r in rows if r["size"] == size]
+    return sum(significantly_better(r, metric) for r in sig), len(sig)
+
+
+def losses(rows, size, metric):
+    """Seeds where the system is significantly worse."""
+    return sum(r[metric]["p_value"] < SIGNIFICANT and r[metric]["system"] < r[metric]["baseline"]
+               for r in rows if r["size"] == size)
+
+
+# ---------------------------------------------------------------- formatting
+
 def fmt(mean, sd=None, digits=2):
     if mean is None:
         return "—"
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
-def signed(x):
-    return "—" if x is None else f"{x:+.2f}"
+def signed(x, sd=None):
+    if x is None:
+        return "—"
+    return f"{x:+.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+
+
+def gain(s, name, seeds=None):
+    """A paired difference as "+1.23 ± 0.45", with "(n=K)" when it covers fewer seeds than the row."""
+    if s.get(name) is None:
+        return "—"
+    n = s[name + "_n"]
+    return signed(s[name], s[name + "_sd"]) + (f" (n={n})" if seeds is not None and n < seeds else "")
+
+
+def p_value(row, metric):
+    """sacreBLEU's p; its smallest value is 1 / (resamples + 1)."""
+    p = row[metric]["p_value"]
+    floor = 1 / (row["n_samples"] + 1)
+    return f"≤ {floor:.3f}" if p <= floor + 1e-12 else f"{p:.3f}"
 
 
 def hours(seconds):
@@ -177,46 +271,106 @@ def sizes_in_order(summary):
                   key=lambda size: min(s["params"] for (z, _), s in summary.items() if z == size))
 
 
+def all_at_cap(summary):
+    trained = [s for (_, m), s in summary.items() if not m.endswith(EQTIME)]
+    return bool(trained) and all(s["at_cap"] == len(s["seeds"]) for s in trained)
+
+
+# ---------------------------------------------------------------- tables
+
 def results_table(summary, methods=None):
-    lines = ["| student | params | method | seeds | BLEU | chrF | Δ BLEU vs CE | Δ BLEU vs word-KD "
+    lines = ["| student | params | method | seeds | BLEU | chrF | Δ BLEU vs CE | Δ BLEU vs word-KD | Δ chrF vs word-KD "
              "| hyp/ref length | updates | stopped by patience | best valid CE (bits) | valid CE fall, last 1k updates "
              "| teacher top-1 agree | CPU-h | wall h | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in sizes_in_order(summary):
         for method in methods or METHOD_NAMES:
             s = summary.get((size, method))
             if s is None:
                 continue
+            n = len(s["seeds"])
+            cpu = fmt(hours(s["cpu_seconds"])) + (f" (n={s['cpu_seconds_n']})" if 0 < s["cpu_seconds_n"] < n else "")
             lines.append(
-                f"| {size} | {s['params'] / 1e6:.2f}M | {METHOD_NAMES[method]} | {len(s['seeds'])} "
+                f"| {size} | {s['params'] / 1e6:.2f}M | {METHOD_NAMES[method]} | {n} "
                 f"| {fmt(s['bleu'], s['bleu_sd'])} | {fmt(s['chrf'], s['chrf_sd'])} "
-                f"| {signed(s['gain_over_ce'])} | {signed(s['gain_over_word_kd'])} "
-                f"| {fmt(s['length_ratio'], digits=3)} | {fmt(s['num_updates'], digits=0)} | {s['stopped_by_patience']} of {len(s['seeds'])} "
+                f"| {gain(s, 'gain_over_ce', n)} | {gain(s, 'gain_over_word_kd', n)} "
+                f"| {gain(s, 'chrf_gain_over_word_kd', n)} "
+                f"| {fmt(s['length_ratio'], digits=3)} | {fmt(s['num_updates'], digits=0)} "
+                f"| {s['stopped_by_patience']} of {n} "
                 f"| {fmt(s['best_valid_loss'], digits=3)} | {fmt(s['valid_fall_1k'], digits=3)} "
                 f"| {fmt(s['teacher_top1_agree'], digits=3)} "
-                f"| {fmt(hours(s['cpu_seconds']))} | {fmt(hours(s['train_seconds']))} "
+                f"| {cpu} | {fmt(hours(s['train_seconds']))} "
                 f"| {fmt(s['peak_rss_mib'], digits=0)} |")
     return "\n".join(lines)
 
 
+TABLE_NOTES = (
+    "Columns: BLEU and chrF are means ± sample sd over seeds. Δ columns are paired: the mean ± sd over "
+    "seeds of the per-seed difference, over the seeds both methods have ((n=K) when fewer than the row's). "
+    "hyp/ref length: the translations' length over the references' (sacreBLEU's tokens; below 1, BLEU's "
+    "brevity penalty applies). best valid CE: the lowest label-smoothed CE on the validation references "
+    "(for seq-KD too, which trains on the teacher's translations instead). valid CE fall: how much it still "
+    "fell over the run's last 1,000 updates (> 0: not converged). teacher top-1 agree: the share of test "
+    "positions where the student's argmax equals the teacher's, both fed the reference prefix. CPU-h: the "
+    "training process's own CPU time (user + system); wall h: its wall time, which counts the time it "
+    "waited for a core (more runs than cores at times) or was paused, so it is not a measure of cost here.")
+
+
 def bootstrap_table(rows):
     base = METHOD_NAMES[rows[0]["baseline"]] if rows else "baseline"
-    lines = [f"| student | seed | {base} BLEU | TIE-KD BLEU | p (BLEU) | {base} chrF | TIE-KD chrF | p (chrF) |",
-             "|---|---|---|---|---|---|---|---|"]
+    system = METHOD_NAMES[rows[0]["system"]] if rows else "system"
+    lines = [f"| student | seed | {base} BLEU | {system} BLEU | Δ BLEU | p (BLEU) | {base} chrF | {system} chrF "
+             "| Δ chrF | p (chrF) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b, c = r["BLEU"], r["chrF2"]
-        lines.append(f"| {r['size']} | {r['seed']} | {b['baseline']:.2f} | {b['system']:.2f} | {b['p_value']:.4f} "
-                     f"| {c['baseline']:.2f} | {c['system']:.2f} | {c['p_value']:.4f} |")
+        lines.append(f"| {r['size']} | {r['seed']} | {b['baseline']:.2f} | {b['system']:.2f} "
+                     f"| {b['system'] - b['baseline']:+.2f} | {p_value(r, 'BLEU')} "
+                     f"| {c['baseline']:.2f} | {c['system']:.2f} | {c['system'] - c['baseline']:+.2f} "
+                     f"| {p_value(r, 'chrF2')} |")
     return "\n".join(lines)
 
 
-def wins(rows, size, metric):
-    """Seeds where TIE-KD is significantly better (p < 0.05), out of the seeds compared."""
-    sig = [r for r in rows if r["size"] == size]
-    return sum(r[metric]["p_value"] < 0.05 and r[metric]["system"] > r[metric]["baseline"] for r in sig), len(sig)
+def bootstrap_section(title, rows):
+    if not rows:
+        return []
+    return [f"{title} (sacreBLEU's paired bootstrap, `--paired-bs`, {rows[0]['n_samples']} resamples, "
+            f"per seed: it measures the test set's sampling, not training variance, which the seeds' "
+            f"spread shows):", "", bootstrap_table(rows), ""]
 
+
+def equal_compute_table(summary, size):
+    rows = ["| method | seeds | updates | CPU-h | CPU vs TIE-KD (paired) | wall h | BLEU | chrF "
+            "| Δ BLEU vs TIE-KD (paired) | Δ chrF vs TIE-KD |", "|---|---|---|---|---|---|---|---|---|---|"]
+    tie = summary.get((size, "tie_kd"))
+    for method in ("ce", "ce_eqtime", "word_kd", "word_kd_eqtime", "tie_kd"):
+        s = summary.get((size, method))
+        if s is None:
+            continue
+        ratio = None
+        if tie and method != "tie_kd":
+            shared = [seed for seed in s["by_seed"] if seed in tie["by_seed"]
+                      and s["by_seed"][seed].get("cpu_seconds") and tie["by_seed"][seed].get("cpu_seconds")]
+            ratio = mean_sd([s["by_seed"][x]["cpu_seconds"] / tie["by_seed"][x]["cpu_seconds"] for x in shared])[0]
+        rows.append(f"| {METHOD_NAMES[method]} | {len(s['seeds'])} | {fmt(s['num_updates'], digits=0)} "
+                    f"| {fmt(hours(s['cpu_seconds']))} | {fmt(ratio)} | {fmt(hours(s['train_seconds']))} "
+                    f"| {fmt(s['bleu'], s['bleu_sd'])} | {fmt(s['chrf'], s['chrf_sd'])} "
+                    f"| {gain(negated(s, 'gain_over_tie_kd'), 'gain_over_tie_kd', len(s['seeds']))} "
+                    f"| {gain(negated(s, 'chrf_gain_over_tie_kd'), 'chrf_gain_over_tie_kd', len(s['seeds']))} |")
+    return "\n".join(rows)
+
+
+def negated(s, name):
+    """The paired difference TIE-KD minus the row (the row stores row minus TIE-KD)."""
+    return {name: None if s.get(name) is None else -s[name], name + "_sd": s.get(name + "_sd"),
+            name + "_n": s.get(name + "_n", 0)}
+
+
+# ---------------------------------------------------------------- plots
 
 def capacity_gap_plot(summary, teacher_params, path):
+    """Each KD method's paired BLEU gain over CE (mean ± sd over seeds) against the
+    teacher/student parameter ratio, log scale."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -226,23 +380,27 @@ def capacity_gap_plot(summary, teacher_params, path):
     for method in METHOD_NAMES:
         if method == "ce" or method.endswith(EQTIME):
             continue
-        points = [(teacher_params / summary[(z, method)]["params"], summary[(z, method)]["gain_over_ce"])
-                  for z in sizes if (z, method) in summary and summary[(z, method)]["gain_over_ce"] is not None]
+        points = sorted((teacher_params / summary[(z, method)]["params"], summary[(z, method)]["gain_over_ce"],
+                         summary[(z, method)]["gain_over_ce_sd"] or 0)
+                        for z in sizes if (z, method) in summary and summary[(z, method)]["gain_over_ce"] is not None)
         if points:
-            ax.plot(*zip(*sorted(points)), marker="o", color=colour(method), label=METHOD_NAMES[method])
+            x, y, err = zip(*points)
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colour(method), label=METHOD_NAMES[method])
     ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("capacity gap: teacher params / student params")
-    ax.set_ylabel("BLEU gain over the CE student")
+    ax.set_xscale("log")
+    ax.set_xlabel("capacity gap: teacher / student parameters (log scale)")
+    ax.set_ylabel("BLEU gain over CE (paired, mean ± sd)")
     ax.set_title("Gain of each KD method vs the teacher-student gap")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def compute_plot(summary, path):
-    """BLEU against training CPU-hours: a line per method through its runs' means (every size,
-    and for CE and word-KD the runs given TIE-KD's CPU time), labelled by size."""
+def compute_plot(summary, path, main_size=None):
+    """BLEU against training CPU-hours, mean over seeds: every method at every size (a dotted
+    line through a method's sizes), and at the main size a solid line from each method's run at
+    the update cap to the same method given TIE-KD's CPU time (squares)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -251,18 +409,22 @@ def compute_plot(summary, path):
     for method in METHOD_NAMES:
         if method.endswith(EQTIME):
             continue
-        points = sorted((hours(s["cpu_seconds"]), s["bleu"], f"{z}{' (TIE-KD time)' if m.endswith(EQTIME) else ''}")
-                        for (z, m), s in summary.items()
-                        if m in (method, method + EQTIME) and s["cpu_seconds"] is not None)
+        points = [(hours(summary[(z, method)]["cpu_seconds"]), summary[(z, method)]["bleu"], z)
+                  for z in sizes_in_order(summary)
+                  if (z, method) in summary and summary[(z, method)]["cpu_seconds"] is not None]
         if not points:
             continue
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colour(method),
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linestyle=":", color=colour(method),
                 label=METHOD_NAMES[method])
-        for x, y, label in points:
-            if label.endswith("(TIE-KD time)"):  # the equal-compute point: a square on its method's line
-                ax.plot([x], [y], marker="s", markersize=8, color=colour(method))
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
-                        color=colour(method))
+        for x, y, z in points:
+            ax.annotate(z, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color=colour(method))
+        at_cap, eq = summary.get((main_size, method)), summary.get((main_size, method + EQTIME))
+        if at_cap and eq and at_cap["cpu_seconds"] and eq["cpu_seconds"]:
+            xs, ys = [hours(at_cap["cpu_seconds"]), hours(eq["cpu_seconds"])], [at_cap["bleu"], eq["bleu"]]
+            ax.plot(xs, ys, linestyle="-", color=colour(method))
+            ax.plot(xs[1:], ys[1:], marker="s", markersize=8, linestyle="", color=colour(method))
+            ax.annotate(f"{main_size}, TIE-KD's CPU time", (xs[1], ys[1]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color=colour(method))
     ax.set_xscale("log")
     ax.set_xlabel("training CPU-hours per run (log scale; mean over seeds)")
     ax.set_ylabel("test BLEU (mean over seeds)")
@@ -310,110 +472,203 @@ def learning_curve_plot(records, size, path):
     plt.close(fig)
 
 
-def equal_compute_table(summary, size):
-    rows = ["| method | updates | CPU-h | BLEU | chrF | Δ BLEU vs TIE-KD |", "|---|---|---|---|---|---|"]
-    tie = summary.get((size, "tie_kd"))
-    for method in ("ce", "ce_eqtime", "word_kd", "word_kd_eqtime", "tie_kd"):
-        s = summary.get((size, method))
-        if s is None:
-            continue
-        delta = None if tie is None or method == "tie_kd" else s["bleu"] - tie["bleu"]
-        rows.append(f"| {METHOD_NAMES[method]} | {fmt(s['num_updates'], digits=0)} | {fmt(hours(s['cpu_seconds']))} "
-                    f"| {fmt(s['bleu'], s['bleu_sd'])} | {fmt(s['chrf'], s['chrf_sd'])} | {signed(delta)} |")
-    return "\n".join(rows)
+# ---------------------------------------------------------------- findings
+
+def verdict(won, lost, n):
+    if n == 0:
+        return "untested"
+    if won == n:
+        return "holds"
+    if won == 0:
+        return f"does not hold (significantly worse in {lost} of {n} seeds)" if lost else \
+            "not shown (no seed significantly different)"
+    return "mixed"
 
 
-def findings(summary, boot_word, boot_ce, main_size=None, teacher=None):
-    """Plain statements of what the numbers say, against the paper's claims."""
+def convergence_line(summary):
+    trained = [s for (_, m), s in summary.items() if not m.endswith(EQTIME)]
+    n_runs = sum(len(s["seeds"]) for s in trained)
+    at_cap = sum(s["at_cap"] for s in trained)
+    falls = [r["valid_fall_1k"] for s in trained for r in s["by_seed"].values() if r.get("valid_fall_1k") is not None]
+    caps = sorted({r.get("num_updates") for s in trained for r in s["by_seed"].values() if r.get("num_updates")})
+    text = (f"{at_cap} of {n_runs} students stopped at the update cap"
+            + (f" ({', '.join(f'{c:,}' for c in caps)} updates)" if caps else "")
+            + f", {sum(s['stopped_by_patience'] for s in trained)} because validation CE stopped improving")
+    if falls:
+        text += (f"; over its last 1,000 updates each run's validation CE still fell by {min(falls):.3f} to "
+                 f"{max(falls):.3f} bits")
+    if at_cap == n_runs and n_runs:
+        text += (". **None converged**: the tables compare methods at a fixed training budget, not at their "
+                 "plateau, and a ranking there can change with longer training")
+    return text + "."
+
+
+def paper_claims(summary, boot_word, boot_ce, teacher=None):
+    """The paper's claims, each with holds / does not hold / mixed per student size, from the
+    per-seed paired bootstraps; then what the paper did not compare and the cost."""
     out = []
     sizes = sizes_in_order(summary)
     for size in sizes:
         tie, word, ce = (summary.get((size, m)) for m in ("tie_kd", "word_kd", "ce"))
         if tie and ce:
-            verdict = "within" if 0.6 <= tie["gain_over_ce"] <= 1.1 else (
-                "above" if tie["gain_over_ce"] > 1.1 else "below")
             won, n = wins(boot_ce, size, "BLEU")
-            out.append(f"- **{size}**: TIE-KD vs CE {signed(tie['gain_over_ce'])} BLEU "
-                       f"({verdict} the paper's +0.6 to +1.1), {signed(tie['chrf_gain_over_ce'])} chrF"
-                       + (f"; significantly better by BLEU in {won} of {n} seeds." if n else "."))
+            rel = tie["gain_over_ce"] / ce["bleu"] * 100 if ce["bleu"] else None
+            out.append(f"- **{size}, TIE-KD beats the student without KD** (paper: +0.60 to +1.11 BLEU "
+                       f"with Transformer-base students): {verdict(won, losses(boot_ce, size, 'BLEU'), n)}: "
+                       f"{gain(tie, 'gain_over_ce')} BLEU paired"
+                       + (f" ({rel:+.0f}% of CE's {ce['bleu']:.2f})" if rel is not None else "")
+                       + f", {gain(tie, 'chrf_gain_over_ce')} chrF; significantly better by BLEU in {won} of {n} seeds.")
         if tie and word:
             won_b, n = wins(boot_word, size, "BLEU")
             won_c, _ = wins(boot_word, size, "chrF2")
-            out.append(f"- **{size}**: TIE-KD vs word-KD {signed(tie['gain_over_word_kd'])} BLEU, "
-                       f"{signed(tie['chrf_gain_over_word_kd'])} chrF; TIE-KD is significantly better "
-                       f"(paired bootstrap, p < 0.05) in {won_b} of {n} seeds by BLEU and "
-                       f"{won_c} of {n} by chrF.")
+            out.append(f"- **{size}, TIE-KD beats word-KD**: by BLEU {verdict(won_b, losses(boot_word, size, 'BLEU'), n)} "
+                       f"({gain(tie, 'gain_over_word_kd')}, significant in {won_b} of {n} seeds); by chrF "
+                       f"{verdict(won_c, losses(boot_word, size, 'chrF2'), n)} ({gain(tie, 'chrf_gain_over_word_kd')}, "
+                       f"{won_c} of {n}).")
             if tie["length_ratio"] is not None and word["length_ratio"] is not None:
-                out.append(f"- **{size}**: length: TIE-KD's translations are {tie['length_ratio']:.3f} of the "
-                           f"reference length, word-KD's {word['length_ratio']:.3f}; BLEU without its brevity "
-                           f"penalty (the 1-4-gram precisions' geometric mean) is {fmt(tie['bleu_without_bp'])} "
-                           f"for TIE-KD and {fmt(word['bleu_without_bp'])} for word-KD "
-                           f"({signed(tie['bleu_without_bp'] - word['bleu_without_bp'])}).")
-        best = max((s["bleu"], m) for (z, m), s in summary.items() if z == size and not m.endswith(EQTIME))
-        out.append(f"- **{size}**: best method by mean BLEU: {METHOD_NAMES[best[1]]} ({best[0]:.2f}).")
-    if len(sizes) > 1:
-        for method in METHOD_NAMES:
-            if method.endswith(EQTIME):
-                continue
-            gains = [(z, summary[(z, method)]["gain_over_ce"]) for z in sizes
-                     if (z, method) in summary and summary[(z, method)]["gain_over_ce"] is not None]
-            if len(gains) > 1:
-                out.append(f"- Gain over CE by student size (smallest first, i.e. largest gap first), "
-                           f"{METHOD_NAMES[method]}: " + ", ".join(f"{z} {signed(g)}" for z, g in gains) + ".")
-        tie = [summary[(z, "tie_kd")]["gain_over_word_kd"] for z in sizes
+                out.append(f"- **{size}**, length: TIE-KD's translations are {tie['length_ratio']:.3f} of the reference "
+                           f"length (brevity penalty {fmt(tie['brevity_penalty'], digits=3)}), word-KD's "
+                           f"{word['length_ratio']:.3f} ({fmt(word['brevity_penalty'], digits=3)}); lenpen was not "
+                           f"tuned per method.")
+        if tie:
+            better = [(m, s) for (z, m), s in summary.items() if z == size and m not in ("tie_kd",)
+                      and not m.endswith(EQTIME) and s.get("gain_over_tie_kd") is not None and s["gain_over_tie_kd"] > 0]
+            for m, s in sorted(better, key=lambda ms: -ms[1]["gain_over_tie_kd"]):
+                out.append(f"- **{size}**: {METHOD_NAMES[m]} scores above TIE-KD: {gain(s, 'gain_over_tie_kd')} BLEU, "
+                           f"{gain(s, 'chrf_gain_over_tie_kd')} chrF (paired)"
+                           + (" (not in the paper's comparison)" if m in ("seq_kd", "tie_kd_pool") else "") + ".")
+    margins = [(z, summary[(z, "tie_kd")]) for z in sizes
                if (z, "tie_kd") in summary and summary[(z, "tie_kd")]["gain_over_word_kd"] is not None]
-        if len(tie) == len(sizes):
-            out.append(f"- Capacity gap: TIE-KD's margin over word-KD at the sizes above is "
-                       + ", ".join(f"{g:+.2f}" for g in tie) + " BLEU; it "
-                       + ("stays positive at every gap." if min(tie) > 0 else "is not positive at every gap."))
-    trained = [s for (_, m), s in summary.items() if not m.endswith(EQTIME)]
-    n_runs, by_patience = sum(len(s["seeds"]) for s in trained), sum(s["stopped_by_patience"] for s in trained)
-    falls = [s["valid_fall_1k"] for s in trained if s["valid_fall_1k"] is not None]
-    out.append(f"- Convergence: {by_patience} of {n_runs} runs stopped because validation CE stopped improving"
-               + (f"; over the last 1,000 updates validation CE still fell by {min(falls):.3f} to "
-                  f"{max(falls):.3f} bits (means per size and method)." if falls else "."))
-    if main_size:
-        tie, ce_eq, word_eq = (summary.get((main_size, m)) for m in ("tie_kd", "ce_eqtime", "word_kd_eqtime"))
-        for base in (ce_eq, word_eq):
-            if tie and base:
-                name = "CE" if base is ce_eq else "word-KD"
-                delta = tie["bleu"] - base["bleu"]
-                out.append(f"- **Equal compute ({main_size})**: a {name} student given the TIE-KD student's CPU "
-                           f"time ({fmt(hours(base['cpu_seconds']))} vs {fmt(hours(tie['cpu_seconds']))} CPU-h, "
-                           f"{fmt(base['num_updates'], digits=0)} updates instead of {fmt(tie['num_updates'], digits=0)}) "
-                           f"scores {fmt(base['bleu'], base['bleu_sd'])} BLEU: TIE-KD is "
-                           f"{'ahead' if delta > 0 else 'behind'} by {abs(delta):.2f} BLEU "
-                           f"({tie['chrf'] - base['chrf']:+.2f} chrF; best validation CE "
-                           f"{fmt(base['best_valid_loss'], digits=3)} vs TIE-KD's {fmt(tie['best_valid_loss'], digits=3)}).")
+    if len(margins) > 1:
+        sig = [wins(boot_word, z, "BLEU") for z, _ in margins]
+        spread = {m: [summary[(z, m)]["gain_over_ce"] for z in sizes
+                      if (z, m) in summary and summary[(z, m)]["gain_over_ce"] is not None]
+                  for m in ("word_kd", "tie_kd")}
+        holds = all(s["gain_over_word_kd"] > 0 for _, s in margins) and all(w == n and n for w, n in sig)
+        fails = any(s["gain_over_word_kd"] <= 0 for _, s in margins) or all(w == 0 for w, _ in sig)
+        out.append("- **Capacity gap: TIE-KD's gain holds better than word-KD's across student sizes**: "
+                   + ("holds" if holds else "does not hold" if fails else "mixed")
+                   + ": its margin over word-KD by size (largest gap first) is "
+                   + ", ".join(f"{z} {gain(s, 'gain_over_word_kd')} ({w} of {n} seeds significant)"
+                               for (z, s), (w, n) in zip(margins, sig)) + " BLEU"
+                   + "".join(f"; {METHOD_NAMES[m]}'s gain over CE ranges {min(v):+.2f} to {max(v):+.2f}"
+                             for m, v in spread.items() if len(v) > 1) + ".")
+    for size in sizes:
+        ce, word, tie = (summary.get((size, m)) for m in ("ce", "word_kd", "tie_kd"))
+        if ce and ce["cpu_seconds"] and word and word["cpu_seconds"] and tie and tie["cpu_seconds"]:
+            out.append(f"- **{size}, cost** (paper's peers: word-KD 2.5-4x plain training's GPU-hours): word-KD took "
+                       f"{word['cpu_seconds'] / ce['cpu_seconds']:.1f}x CE's training CPU time, TIE-KD "
+                       f"{tie['cpu_seconds'] / ce['cpu_seconds']:.1f}x CE's and "
+                       f"{tie['cpu_seconds'] / word['cpu_seconds']:.1f}x word-KD's (the teacher's training not counted).")
     if teacher:
         out.append(f"- The teacher scores {teacher['bleu']:.2f} BLEU; the best student "
                    f"{max(s['bleu'] for s in summary.values()):.2f}.")
+    return out
+
+
+def equal_compute_findings(summary, main_size):
+    out = []
+    tie = summary.get((main_size, "tie_kd"))
+    for method in ("ce_eqtime", "word_kd_eqtime"):
+        base = summary.get((main_size, method))
+        if not (tie and base and base.get("gain_over_tie_kd") is not None):
+            continue
+        delta, sd = -base["gain_over_tie_kd"], base["gain_over_tie_kd_sd"]
+        where = "level with" if abs(delta) < 0.005 else ("ahead of" if delta > 0 else "behind")
+        name = "CE" if method == "ce_eqtime" else "word-KD"
+        out.append(f"- **Equal compute ({main_size})**: a {name} student given the TIE-KD student's CPU time "
+                   f"({fmt(hours(base['cpu_seconds']))} vs {fmt(hours(tie['cpu_seconds']))} CPU-h, "
+                   f"{fmt(base['num_updates'], digits=0)} updates instead of {fmt(tie['num_updates'], digits=0)}) scores "
+                   f"{fmt(base['bleu'], base['bleu_sd'])} BLEU: TIE-KD is {where} it "
+                   f"({signed(delta, sd)} BLEU, {signed(-base['chrf_gain_over_tie_kd'], base['chrf_gain_over_tie_kd_sd'])} "
+                   f"chrF, paired over {base['gain_over_tie_kd_n']} seed(s); best validation CE "
+                   f"{fmt(base['best_valid_loss'], digits=3)} vs TIE-KD's {fmt(tie['best_valid_loss'], digits=3)}). "
+                   f"The teacher's training is not counted: it is done once for every student.")
+    return out
+
+
+def findings(summary, boot_word, boot_ce, main_size=None, teacher=None):
+    """Plain statements of what the numbers say, against the paper's claims."""
+    out = ["- Convergence: " + convergence_line(summary)]
+    out += paper_claims(summary, boot_word, boot_ce, teacher)
+    if main_size:
+        out += equal_compute_findings(summary, main_size)
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------- report parts
+
 def how_it_was_run(work, records, teacher=None):
-    grid_json = os.path.join(work, "grid.json")
-    grid = json.load(open(grid_json)) if os.path.exists(grid_json) else {}
-    one = records[0]
-    cpu = sum(r.get("cpu_seconds") or 0 for r in records) / 3600
+    grid = load_grid(work)
+    cpu = sum(r["cpu_seconds"] for r in records if r.get("cpu_seconds")) / 3600
+    no_cpu = sum(not r.get("cpu_seconds") for r in records)
     teacher_cpu = (teacher or {}).get("cpu_seconds") or 0
     lines = []
     if grid:
+        invocations = grid.get("invocations", [])
         wall = grid.get("wall_minutes") or 0  # 0: no invocation ran to its end (each was stopped)
         lines += [f"- Command: `{grid.get('command')}`: "
                   + (f"{wall / 60:.1f} h from the first invocation's start to the last one's end, " if wall else "")
-                  + f"{len(grid.get('invocations', []))} invocation(s) (re-running it skips what is done); "
+                  + f"{len(invocations)} invocation(s) (re-running it skips what is done); "
                   f"the students' training took {cpu:.1f} CPU-hours in all"
-                  + (f", the teacher's {teacher_cpu / 3600:.1f}." if teacher_cpu else "."),
-                  f"- Machine: {grid.get('machine')}; torch {grid.get('torch')}, fairseq {grid.get('fairseq')}, "
-                  f"sacreBLEU {one.get('sacrebleu_version')}; commit {grid.get('commit')}; {grid.get('jobs')} runs "
-                  f"trained at once, {grid.get('threads')} torch thread(s) each.",
+                  + (f" ({no_cpu} run(s) without a CPU-time record not counted)" if no_cpu else "")
+                  + (f", the teacher's {teacher_cpu / 3600:.1f}." if teacher_cpu else ".")]
+        lines += invocation_differences(invocations)
+        lines += [f"- Machine: {grid.get('machine')}; torch {grid.get('torch')}, fairseq {grid.get('fairseq')}, "
+                  f"sacreBLEU {records[0].get('sacrebleu_version') if records else '?'}; commit {grid.get('commit')} "
+                  f"(the last invocation's); up to {grid.get('jobs')} runs of this grid trained at once, "
+                  f"{grid.get('threads')} torch thread(s) each.",
                   f"- Data: {grid.get('data_note', '')}"]
-    lines += [f"- Evaluation: average of the last {len(one['checkpoints'])} checkpoints (`tiekd-eval "
-              f"--average-last {len(one['checkpoints'])}`), beam {one['beam']}, lenpen {one['lenpen']}, "
-              f"SentencePiece undone, sacreBLEU on the {one['n']:,}-sentence test set; BLEU `{one['bleu_signature']}`, "
-              f"chrF `{one['chrf_signature']}`."]
+    if records:
+        lines.append(evaluation_line(records))
     return "\n".join(lines)
+
+
+def invocation_differences(invocations):
+    """Lines for earlier invocations whose options or commit differ from the last one's."""
+    if len(invocations) < 2:
+        return []
+    last = invocations[-1]
+
+    def options(argv):
+        out, key = {}, None
+        for a in argv:
+            if a.startswith("--"):
+                key = a
+                out[key] = True
+            elif key:
+                out[key] = a
+                key = None
+        return out
+
+    last_opts = options(last["argv"])
+    lines = []
+    for i, inv in enumerate(invocations[:-1], 1):
+        opts = options(inv["argv"])
+        diff = [f"{k} {opts.get(k, '(unset)')}" for k in sorted(set(opts) | set(last_opts))
+                if opts.get(k) != last_opts.get(k)]
+        if inv.get("commit") and last.get("commit") and inv["commit"] != last["commit"]:
+            diff.append(f"commit {inv['commit']}")
+        if diff:
+            lines.append(f"- Invocation {i} ({inv['start']}) differed from the last: " + ", ".join(f"`{d}`" for d in diff)
+                         + ". Runs it finished were kept.")
+    if not any(inv.get("commit") for inv in invocations[:-1]):
+        lines.append("- The invocations' own commits were not recorded (the runner records them since 2026-11-30); "
+                     "the commit below is the last invocation's.")
+    return lines
+
+
+def evaluation_line(records):
+    settings = defaultdict(int)
+    for r in records:
+        settings[(len(r["checkpoints"]), r["beam"], r["lenpen"], r["n"], r["bleu_signature"], r["chrf_signature"])] += 1
+    (average, beam, lenpen, n, bleu_sig, chrf_sig), _ = max(settings.items(), key=lambda kv: kv[1])
+    line = (f"- Evaluation: average of the last {average} checkpoints (`tiekd-eval --average-last {average}`), "
+            f"beam {beam}, lenpen {lenpen} (not tuned per method), SentencePiece undone, sacreBLEU on the "
+            f"{n:,}-sentence test set; BLEU `{bleu_sig}`, chrF `{chrf_sig}`.")
+    if len(settings) > 1:
+        line += f" **{len(records) - max(settings.values())} run(s) were evaluated with other settings.**"
+    return line
 
 
 def teacher_line(teacher):
@@ -421,9 +676,17 @@ def teacher_line(teacher):
         return ""
     stopped = {"patience": "stopped by patience", "max_update": "stopped at its update cap"}.get(teacher.get("stopped"), "")
     cpu = f", {hours(teacher['cpu_seconds']):.2f} CPU-h" if teacher.get("cpu_seconds") else ""
+    fall = (f"; its validation CE still fell {teacher['valid_fall_1k']:.3f} bits over its last 1,000 updates"
+            if teacher.get("valid_fall_1k") else "")
     return (f"Teacher (`{teacher['arch']}`, {teacher['params'] / 1e6:.2f}M params, {teacher['num_updates']:,} updates, "
-            f"{stopped}{cpu}; distilled from the average of its last {len(teacher['checkpoints'])} checkpoints): "
+            f"{stopped}{cpu}{fall}; distilled from the average of its last {len(teacher['checkpoints'])} checkpoints): "
             f"**BLEU {teacher['bleu']:.2f}, chrF {teacher['chrf']:.2f}**.")
+
+
+def missing_runs(work, records):
+    """Names of the runs the grid plans that have no test evaluation yet."""
+    done = {f"{r['size']}-{r['method']}-s{r['seed']}" for r in records}
+    return [name for name, *_ in planned_runs(load_grid(work)) if name not in done]
 
 
 def commands(work, records):
@@ -440,19 +703,27 @@ def commands(work, records):
 
 
 def pair_name(work):
-    grid_json = os.path.join(work, "grid.json")
-    grid = json.load(open(grid_json)) if os.path.exists(grid_json) else {}
+    grid = load_grid(work)
     return f"{grid['src']}-{grid['tgt']}" if "src" in grid else os.path.basename(os.path.abspath(work))
 
 
+def main_size_of(summary):
+    return equal_compute_size(summary) or max(sizes_in_order(summary), key=lambda z: sum(zz == z for zz, _ in summary))
+
+
 def headline(works, data):
-    """A few lines for the README: the main size's methods, significance, equal compute, the
-    capacity gap and the other pairs, all from the records."""
+    """A few lines for the README: completeness, convergence, the main size's methods,
+    the verdicts, equal compute, the capacity gap and the other pairs, all from the records."""
     main = works[0]
-    _, summary, boot_word, _, teacher = data[main][:5]
-    size = equal_compute_size(summary) or max(sizes_in_order(summary),
-                                               key=lambda z: sum(zz == z for zz, _ in summary))
+    d = data[main]
+    summary, boot_word, boot_ce, teacher = d["summary"], d["boot_word"], d["boot_ce"], d["teacher"]
     lines = []
+    pending = {pair_name(w): len(data[w]["missing"]) for w in works if data[w]["missing"]}
+    if pending:
+        lines.append("- **Incomplete**: the grid is still running; runs missing: "
+                     + ", ".join(f"{p} {n}" for p, n in pending.items()) + " (listed at the end).")
+    lines.append(f"- {convergence_line(summary)}")
+    size = main_size_of(summary)
     methods = [m for m in METHOD_NAMES if not m.endswith(EQTIME) and (size, m) in summary]
     seeds = max(len(summary[(size, m)]["seeds"]) for m in methods)
     lines.append(f"- {pair_name(main)}, {size} students ({summary[(size, methods[0])]['params'] / 1e6:.2f}M params, "
@@ -460,30 +731,32 @@ def headline(works, data):
                      f"{METHOD_NAMES[m]} {fmt(summary[(size, m)]['bleu'], summary[(size, m)]['bleu_sd'])} / "
                      f"{fmt(summary[(size, m)]['chrf'])}" for m in methods)
                  + (f" (teacher {teacher['bleu']:.2f} / {teacher['chrf']:.2f})." if teacher else "."))
-    if any(r["size"] == size for r in boot_word):
+    tie = summary.get((size, "tie_kd"))
+    if tie and any(r["size"] == size for r in boot_word):
         won_b, n = wins(boot_word, size, "BLEU")
         won_c, _ = wins(boot_word, size, "chrF2")
-        lines.append(f"- TIE-KD beat word-KD significantly (paired bootstrap, p < 0.05) in {won_b} of {n} seeds "
-                     f"by BLEU and {won_c} of {n} by chrF.")
-    tie, word = summary.get((size, "tie_kd")), summary.get((size, "word_kd"))
+        lines.append(f"- TIE-KD vs word-KD: {gain(tie, 'gain_over_word_kd')} BLEU, {gain(tie, 'chrf_gain_over_word_kd')} "
+                     f"chrF (paired over seeds); significantly better (paired bootstrap, p < 0.05) in {won_b} of {n} "
+                     f"seeds by BLEU and {won_c} of {n} by chrF.")
+    if tie and any(r["size"] == size for r in boot_ce):
+        won, n = wins(boot_ce, size, "BLEU")
+        lines.append(f"- TIE-KD vs CE: {gain(tie, 'gain_over_ce')} BLEU (paper: +0.60 to +1.11), significantly "
+                     f"better in {won} of {n} seeds.")
+    word = summary.get((size, "word_kd"))
     if tie and word and tie["length_ratio"] is not None and word["length_ratio"] is not None:
         lines.append(f"- Length: TIE-KD's translations are {tie['length_ratio']:.3f} of the reference length, "
-                     f"word-KD's {word['length_ratio']:.3f}; without BLEU's brevity penalty TIE-KD scores "
-                     f"{fmt(tie['bleu_without_bp'])}, word-KD {fmt(word['bleu_without_bp'])}.")
-    for base in ("ce_eqtime", "word_kd_eqtime"):
-        b = summary.get((size, base))
-        if tie and b:
-            lines.append(f"- Equal compute: {METHOD_NAMES[base]} ({fmt(b['num_updates'], digits=0)} updates) scored "
-                         f"{fmt(b['bleu'], b['bleu_sd'])} BLEU / {fmt(b['chrf'])} chrF against TIE-KD's "
-                         f"{fmt(tie['bleu'])} / {fmt(tie['chrf'])}.")
+                     f"word-KD's {word['length_ratio']:.3f} (same lenpen for all).")
+    lines += [line.replace(f"**Equal compute ({size})**", "Equal compute") for line in equal_compute_findings(summary, size)]
     sizes = sizes_in_order(summary)
-    gains = [(z, summary[(z, "tie_kd")]["gain_over_word_kd"]) for z in sizes
-             if (z, "tie_kd") in summary and summary[(z, "tie_kd")]["gain_over_word_kd"] is not None]
-    if len(gains) > 1:
+    margins = [(z, summary[(z, "tie_kd")]) for z in sizes
+               if (z, "tie_kd") in summary and summary[(z, "tie_kd")]["gain_over_word_kd"] is not None]
+    if len(margins) > 1:
         lines.append("- TIE-KD minus word-KD BLEU by student size (largest teacher-student gap first): "
-                     + ", ".join(f"{z} {signed(g)}" for z, g in gains) + ".")
+                     + ", ".join(f"{z} {gain(s, 'gain_over_word_kd')}" for z, s in margins) + ".")
     for other in works[1:]:
-        o_summary = data[other][1]
+        o_summary = data[other]["summary"]
+        if not o_summary:
+            lines.append(f"- {pair_name(other)}: no run evaluated yet.")
         for z in sizes_in_order(o_summary):
             ms = [m for m in METHOD_NAMES if (z, m) in o_summary]
             lines.append(f"- {pair_name(other)}, {z}: " + "; ".join(
@@ -498,70 +771,89 @@ def equal_compute_size(summary):
                  or (z, "word_kd_eqtime") in summary), None)
 
 
+def pair_section(work, d):
+    """The results of one language pair: how it ran, the teacher, the table and the bootstraps."""
+    name = pair_name(work)
+    if not d["records"]:
+        return [f"## {name}: pending", "", f"No run evaluated yet ({len(d['missing'])} planned).", ""]
+    title = "at the update cap" if all_at_cap(d["summary"]) else "mean ± sd over seeds"
+    parts = [f"## {name}: how it was run", "", how_it_was_run(work, d["records"], d["teacher"]), "",
+             teacher_line(d["teacher"]), "",
+             f"## {name}: BLEU and chrF {title}", "", results_table(d["summary"]), "", TABLE_NOTES, ""]
+    parts += bootstrap_section("TIE-KD vs word-KD", d["boot_word"])
+    parts += bootstrap_section("TIE-KD vs CE", d["boot_ce"])
+    return parts
+
+
 def render(works, data, plots):
     main = works[0]
-    records, summary, boot_word, boot_ce, teacher = data[main][:5]
-    sizes = sizes_in_order(summary)
+    d = data[main]
+    summary = d["summary"]
     main_size = equal_compute_size(summary)
     name = pair_name(main)
     parts = ["# Results: TIE-KD vs CE, word-KD and seq-KD students, measured", "",
              "Generated by `python examples/results_table.py` from the JSON records of "
              "`python examples/run_grid.py` (tiekd-eval's `eval-*.json` and the runner's `train.json` "
              "per run). Do not edit by hand.", "",
-             "## Headline", "", headline(works, data), "",
-             f"## {name}: how it was run", "", how_it_was_run(main, records, teacher), "",
-             "- Every student trains until its validation CE has not improved for the runner's `--patience` "
-             "validations, or to the shared update cap; the `updates` column says where they stopped. "
-             "CPU-h is the training process's own CPU time (user + system, all threads; robust to other "
-             "work sharing the cores, unlike wall time, which is given beside it).", "",
-             teacher_line(teacher), "",
-             f"## {name}: BLEU and chrF, mean ± sd over seeds", "", results_table(summary), "",
-             "Δ columns: difference of the mean BLEU. hyp/ref length: the translations' length over the "
-             "references' (sacreBLEU's tokens; below 1 BLEU's brevity penalty applies).", ""]
-    if boot_word:
-        parts += ["### TIE-KD vs word-KD: paired bootstrap (sacreBLEU `--paired-bs`, 1000 resamples)", "",
-                  bootstrap_table(boot_word), "", f"Signature: `{boot_word[0]['BLEU']['signature']}`", ""]
-    if boot_ce:
-        parts += ["### TIE-KD vs CE: paired bootstrap", "", bootstrap_table(boot_ce), ""]
+             "## Headline", "", headline(works, data), ""]
+    parts += pair_section(main, d)
     if main_size:
         parts += [f"## Equal compute ({main_size}): does TIE-KD pay for itself?", "",
                   "CE and word-KD students given the CPU time that the TIE-KD student of the same seed used "
                   "(`*_eqtime` runs: as many updates as that time buys at their own CPU-seconds per update, "
-                  "rounded to whole checkpoint intervals; no early stop).", "",
+                  "rounded to whole checkpoint intervals; no early stop). CPU vs TIE-KD is the per-seed ratio of "
+                  "training CPU time, which the rounding and each process's start-up keep from being exactly 1.", "",
                   equal_compute_table(summary, main_size), ""]
-        eq_boot = [r for r in data[main][5] if r["size"] == main_size]
-        if eq_boot:
-            parts += ["TIE-KD vs CE given TIE-KD's CPU time, paired bootstrap:", "", bootstrap_table(eq_boot), ""]
+        for base in ("ce_eqtime", "word_kd_eqtime"):
+            parts += bootstrap_section(f"TIE-KD vs {METHOD_NAMES[base]}",
+                                       [r for r in d["boot_eqtime"][base] if r["size"] == main_size])
     if plots.get("compute"):
         parts += ["## Quality against compute", "", f"![BLEU vs training CPU-hours]({plots['compute']})", ""]
     if plots.get("curves"):
         parts += [f"Validation CE of the {main_size} students as they train (one point per validation):", "",
                   f"![validation CE vs training CPU-hours]({plots['curves']})", ""]
     if plots.get("gap"):
-        parts += ["## Capacity gap", "", f"![BLEU gain over CE vs capacity gap]({plots['gap']})", ""]
+        parts += ["## Capacity gap", "", "Each KD method's paired BLEU gain over the CE student of its size (mean ± sd "
+                  "over seeds) against the teacher/student ratio of all parameters, shared embeddings included.", "",
+                  f"![BLEU gain over CE vs capacity gap]({plots['gap']})", ""]
     for other in works[1:]:
-        o_records, o_summary, o_word, o_ce, o_teacher = data[other][:5]
-        parts += [f"## {pair_name(other)}", "", how_it_was_run(other, o_records, o_teacher), "", teacher_line(o_teacher), "",
-                  results_table(o_summary), ""]
-        if o_word:
-            parts += ["TIE-KD vs word-KD, paired bootstrap:", "", bootstrap_table(o_word), ""]
-        if o_ce:
-            parts += ["TIE-KD vs CE, paired bootstrap:", "", bootstrap_table(o_ce), ""]
+        parts += pair_section(other, data[other])
     parts += ["## Against the paper", "", f"The paper reports {PAPER}.", "",
-              f"### {name}", "", findings(summary, boot_word, boot_ce, main_size, teacher), ""]
+              f"### {name}", "", findings(summary, d["boot_word"], d["boot_ce"], main_size, d["teacher"]), ""]
     for other in works[1:]:
-        o_records, o_summary, o_word, o_ce, o_teacher = data[other][:5]
-        parts += [f"### {pair_name(other)}", "", findings(o_summary, o_word, o_ce, None, o_teacher), ""]
+        o = data[other]
+        if o["summary"]:
+            parts += [f"### {pair_name(other)}", "", findings(o["summary"], o["boot_word"], o["boot_ce"], None,
+                                                               o["teacher"]), ""]
+    params = [s["params"] for w in works for s in data[w]["summary"].values()]
+    seeds = sorted({len(s["seeds"]) for w in works for s in data[w]["summary"].values()})
     parts += ["## Read with care", "",
-              "- Scale: tens of thousands of sentence pairs and students of 0.4-1M parameters trained on two CPU "
-              "cores; the paper's models have 100-200x more parameters and train on millions of pairs. The update "
-              "cap was chosen to fit the CPU budget: a run that stopped at the cap was still improving.",
-              "- sd is the sample standard deviation over seeds; with 3 seeds it is itself uncertain.",
+              f"- Scale: students of {min(params) / 1e6:.2f}-{max(params) / 1e6:.2f}M parameters trained on two CPU "
+              f"cores; the paper's Transformer-base student has about "
+              f"{PAPER_STUDENT_PARAMS / max(params):.0f}-{PAPER_STUDENT_PARAMS / min(params):.0f}x more and trains on "
+              "millions of pairs.",
+              f"- sd is the sample standard deviation over seeds ({', '.join(map(str, seeds))} seed(s) per row here); "
+              "with so few seeds it is itself uncertain.",
               "- seq-KD's CPU time includes the teacher translating the training set in its first run only "
               "(the others reuse the shared cache, `--pseudo-cache-dir`); TIE-KD + pool's includes "
               "translating a pool shard each epoch.", ""]
-    parts += [f"## Commands per method ({name}; WORK is the runner's `--work`)", ""] + commands(main, records)
+    parts += [f"## Commands per method ({name}; WORK is the runner's `--work`)", ""] + commands(main, d["records"])
+    missing = [(pair_name(w), data[w]["missing"]) for w in works if data[w]["missing"]]
+    if missing:
+        parts += ["## Runs not evaluated yet", ""] + [f"- {p}: {', '.join(names)}" for p, names in missing] + [""]
     return "\n".join(parts)
+
+
+def load_pair(work, n_samples):
+    records = load_records(work)
+    missing = missing_runs(work, records)
+    if not records and not missing:
+        raise SystemExit(f"{work}: no evaluated runs (runs/*/eval-*.json) and no grid.json; "
+                         "run examples/run_grid.py first")
+    boot = lambda base: paired_bootstrap(records, baseline=base, n_samples=n_samples)
+    return {"records": records, "summary": summarize(records), "boot_word": boot("word_kd"), "boot_ce": boot("ce"),
+            "boot_eqtime": {b: boot(b) for b in ("ce_eqtime", "word_kd_eqtime")},
+            "teacher": load_teacher(work), "missing": missing}
 
 
 def main(argv=None):
@@ -571,25 +863,21 @@ def main(argv=None):
     ap.add_argument("--bootstrap-samples", type=int, default=1000)
     args = ap.parse_args(argv)
     works = args.work or ["work/grid"]
-    data = {}
-    for work in works:
-        records = load_records(work)
-        if not records:
-            raise SystemExit(f"{work}: no evaluated runs (runs/*/eval-*.json); run examples/run_grid.py first")
-        boot = lambda base: paired_bootstrap(records, baseline=base, n_samples=args.bootstrap_samples)
-        data[work] = (records, summarize(records), boot("word_kd"), boot("ce"), load_teacher(work), boot("ce_eqtime"))
+    data = {work: load_pair(work, args.bootstrap_samples) for work in works}
+    if not data[works[0]]["records"]:
+        raise SystemExit(f"{works[0]}: the main pair has no evaluated run yet")
     out_dir = os.path.dirname(args.out) or "."
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.out))[0]
     plots = {}
-    records, summary, _, _, teacher, _ = data[works[0]]
+    records, summary, teacher = (data[works[0]][k] for k in ("records", "summary", "teacher"))
+    main_size = equal_compute_size(summary)
     if teacher and len(sizes_in_order(summary)) > 1:
         plots["gap"] = stem + "_capacity_gap.png"
         capacity_gap_plot(summary, teacher["params"], os.path.join(out_dir, plots["gap"]))
     if any(s["cpu_seconds"] for s in summary.values()):
         plots["compute"] = stem + "_compute.png"
-        compute_plot(summary, os.path.join(out_dir, plots["compute"]))
-    main_size = equal_compute_size(summary)
+        compute_plot(summary, os.path.join(out_dir, plots["compute"]), main_size)
     if main_size and any(r["valid_curve"] for r in records):
         plots["curves"] = stem + "_valid_curves.png"
         learning_curve_plot(records, main_size, os.path.join(out_dir, plots["curves"]))
@@ -598,7 +886,8 @@ def main(argv=None):
         f.write(text)
     for work in works:
         with open(os.path.join(work, "summary.json"), "w") as f:
-            json.dump({f"{size}/{method}": s for (size, method), s in data[work][1].items()}, f, indent=1)
+            json.dump({f"{size}/{method}": {k: v for k, v in s.items() if k != "by_seed"}
+                       for (size, method), s in data[work]["summary"].items()}, f, indent=1)
     print(f"wrote {args.out}" + "".join(f" and {p}" for p in plots.values()))
 
 

@@ -169,39 +169,7 @@ class Grid:
         ] + (["--patience", str(patience)] if patience else []) + (["--cpu"] if not self.cuda else [])
 
     def run_plan(self):
-        """[(name, size, method, seed)] for every student run, decoding-heavy runs spread out;
-        the equal-compute runs last (they wait for the runs they are measured against)."""
-        def specs(text, default_methods):
-            """SIZE:SEEDS[:METHOD+METHOD...] items -> [(size, seeds, methods)]"""
-            out = []
-            for item in filter(None, text.split(",")):
-                size, seeds, *methods = item.split(":")
-                out.append((size, int(seeds), methods[0].split("+") if methods else default_methods))
-            return out
-
-        sizes = specs(self.a.sizes, self.a.methods.split(","))
-        eq_sizes = specs(self.a.eqtime, self.a.eqtime_methods.split(","))
-        for size, _, methods in sizes + eq_sizes:
-            if size not in SIZES:
-                sys.exit(f"unknown size {size!r}; known: {sorted(SIZES)}")
-            for m in methods:
-                if m not in METHODS:
-                    sys.exit(f"unknown method {m!r}; known: {list(METHODS)}")
-        plan = [(f"{size}-{method}-s{seed}", size, method, seed)
-                for seed in range(1, max(n for _, n, _ in sizes) + 1)
-                for size, n, methods in sizes if seed <= n for method in methods]
-        trained = {name for name, *_ in plan}
-        for size, n, methods in eq_sizes:
-            for seed in range(1, n + 1):
-                for method in methods:
-                    if not method.endswith(EQTIME):
-                        sys.exit(f"--eqtime {size}: {method} is not an equal-compute (*{EQTIME}) method")
-                    deps = {f"{size}-{m}-s{seed}" for m in ("tie_kd", method[:-len(EQTIME)])}
-                    if not deps <= trained:
-                        sys.exit(f"--eqtime {size}:{n}: {method} is measured against "
-                                 f"{', '.join(sorted(deps - trained))}, which the grid does not train")
-                    plan.append((f"{size}-{method}-s{seed}", size, method, seed))
-        return plan
+        return run_plan(self.a)
 
     def eqtime_updates(self, size, method, seed):
         """Updates that METHOD gets for the CPU time of the tie_kd run of the same size and seed."""
@@ -339,12 +307,11 @@ class Grid:
         if end is None:
             self.invocation = len(grid["invocations"])  # entries are only appended, even when overlapping
             grid["invocations"].append({"start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)),
-                                        "argv": sys.argv[1:], "minutes": None})
+                                        "argv": sys.argv[1:], "minutes": None, "commit": _commit()})
         else:
             grid["invocations"][self.invocation]["minutes"] = (end - start) / 60
         cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                    "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
-        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         raw = os.path.join(self.work, "raw")
         counts = {name: sum(1 for _ in open(os.path.join(raw, name), encoding="utf-8"))
                   for name in (f"train.{self.a.tgt}", f"valid.{self.a.tgt}", f"test.{self.a.tgt}", f"pool.{self.a.src}")
@@ -359,7 +326,7 @@ class Grid:
             command="python examples/run_grid.py " + shlex.join(sys.argv[1:]),
             machine=f"{os.cpu_count()} cores, {cpu}", torch=version("torch"),
             fairseq=next((version(d) for d in ("fairseq", "ve-fairseq", "fairseq-fixed") if _installed(d)), "?"),
-            commit=commit.stdout.strip() or "?", jobs=self.a.jobs, threads=self.a.threads,
+            commit=_commit(), jobs=self.a.jobs, threads=self.a.threads,
             src=self.a.src, tgt=self.a.tgt,
             data_note=(f"{source}: " + ", ".join(f"{n:,} {name}" for name, n in counts.items()) + " lines; "
                        f"SentencePiece {self.a.vocab}, joint dictionary.") if counts else self.data,
@@ -463,6 +430,47 @@ class Grid:
         if not a.dry_run:
             self.record_invocation(start, time.time())
         log(f"all {len(plan)} student runs trained and evaluated under {self.work}")
+
+
+def run_plan(args):
+    """[(name, size, method, seed)] for every student run, decoding-heavy runs spread out;
+    the equal-compute runs last (they wait for the runs they are measured against)."""
+    def specs(text, default_methods):
+        """SIZE:SEEDS[:METHOD+METHOD...] items -> [(size, seeds, methods)]"""
+        out = []
+        for item in filter(None, text.split(",")):
+            size, seeds, *methods = item.split(":")
+            out.append((size, int(seeds), methods[0].split("+") if methods else default_methods))
+        return out
+
+    sizes = specs(args.sizes, args.methods.split(","))
+    eq_sizes = specs(args.eqtime, args.eqtime_methods.split(","))
+    for size, _, methods in sizes + eq_sizes:
+        if size not in SIZES:
+            sys.exit(f"unknown size {size!r}; known: {sorted(SIZES)}")
+        for m in methods:
+            if m not in METHODS:
+                sys.exit(f"unknown method {m!r}; known: {list(METHODS)}")
+    plan = [(f"{size}-{method}-s{seed}", size, method, seed)
+            for seed in range(1, max(n for _, n, _ in sizes) + 1)
+            for size, n, methods in sizes if seed <= n for method in methods]
+    trained = {name for name, *_ in plan}
+    for size, n, methods in eq_sizes:
+        for seed in range(1, n + 1):
+            for method in methods:
+                if not method.endswith(EQTIME):
+                    sys.exit(f"--eqtime {size}: {method} is not an equal-compute (*{EQTIME}) method")
+                deps = {f"{size}-{m}-s{seed}" for m in ("tie_kd", method[:-len(EQTIME)])}
+                if not deps <= trained:
+                    sys.exit(f"--eqtime {size}:{n}: {method} is measured against "
+                             f"{', '.join(sorted(deps - trained))}, which the grid does not train")
+                plan.append((f"{size}-{method}-s{seed}", size, method, seed))
+    return plan
+
+
+def _commit():
+    found = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return found.stdout.strip() or "?"
 
 
 def _cuda_available():

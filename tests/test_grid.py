@@ -70,6 +70,8 @@ def test_a_finished_grid_trains_nothing_and_a_killed_run_resumes(toy_data, tmp_p
     assert not re.search(r": (train|resume|trained)$", fourth, re.M)
     grid = json.loads((tmp_path / "grid.json").read_text())
     assert len(grid["invocations"]) == 4 and all(i["minutes"] is not None for i in grid["invocations"])
+    head = subprocess.run(["git", "-C", utils.REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    assert {i["commit"] for i in grid["invocations"]} == {head.stdout.strip() or "?"}
 
 
 def test_patience_is_counted_over_restarts():

@@ -20,29 +20,38 @@ HYPS = {"ce": ["the cat", "a dog", "hello", "it rains", "we like tea", "this is"
 HYPS["ce_eqtime"] = HYPS["word_kd"]
 BLEU = {  # (size, method): BLEU per seed
     ("micro", "ce"): [10.0, 12.0, 14.0], ("micro", "word_kd"): [11.0, 13.0, 15.0],
-    ("micro", "tie_kd"): [13.0, 15.0, 17.0], ("nano", "ce"): [8.0], ("nano", "tie_kd"): [10.5],
+    ("micro", "tie_kd"): [13.0, 15.5, 16.5],  # minus word-KD per seed: +2, +2.5, +1.5
     ("micro", "ce_eqtime"): [12.0, 14.0, 16.0],
+    # nano: word-KD has a second seed that TIE-KD and CE lack (paired: seed 1 only)
+    ("nano", "ce"): [8.0], ("nano", "word_kd"): [9.0, 7.0], ("nano", "tie_kd"): [10.5],
 }
 CPU = {"ce": 1000.0, "word_kd": 2000.0, "tie_kd": 4000.0, "ce_eqtime": 4000.0}
 PARAMS = {"micro": 650_000, "nano": 300_000}
+GRID_ARGV = ["--sizes", "micro:3,nano:2:ce+word_kd+tie_kd", "--methods", "ce,word_kd,tie_kd",
+             "--eqtime", "micro:3", "--eqtime-methods", "ce_eqtime", "--updates", "800"]
+
+
+def eval_record(run, size, method, seed, bleu, ref, **extra):
+    return json.dumps({
+        "size": size, "method": method, "seed": seed, "params": PARAMS[size], "bleu": bleu,
+        "chrf": bleu + 20, "teacher_top1_agree": 0.5 + seed / 100, "num_updates": 800,
+        "hyp": str(run / "out.hyp"), "ref": str(ref), "n": 6, "beam": 4, "lenpen": 0.6,
+        "checkpoints": ["checkpoint_1_750.pt", "checkpoint_1_800.pt"], "gen_subset": "test",
+        "bleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
+        "chrf_signature": "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0",
+        "sacrebleu_version": "2.6.0", **extra})
 
 
 @pytest.fixture
 def work(tmp_path):
-    (tmp_path / "ref.txt").write_text("\n".join(REFS) + "\n")
+    ref = tmp_path / "ref.txt"
+    ref.write_text("\n".join(REFS) + "\n")
     for (size, method), scores in BLEU.items():
         for seed, bleu in enumerate(scores, 1):
             run = tmp_path / "runs" / f"{size}-{method}-s{seed}"
             run.mkdir(parents=True)
             (run / "out.hyp").write_text("\n".join(HYPS[method]) + "\n")
-            (run / "eval-test.json").write_text(json.dumps({
-                "size": size, "method": method, "seed": seed, "params": PARAMS[size], "bleu": bleu,
-                "chrf": bleu + 20, "teacher_top1_agree": 0.5 + seed / 100, "num_updates": 800,
-                "hyp": str(run / "out.hyp"), "ref": str(tmp_path / "ref.txt"), "n": 6, "beam": 4, "lenpen": 0.6,
-                "checkpoints": ["checkpoint_1_750.pt", "checkpoint_1_800.pt"],
-                "bleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
-                "chrf_signature": "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0",
-                "sacrebleu_version": "2.6.0"}))
+            (run / "eval-test.json").write_text(eval_record(run, size, method, seed, bleu, ref))
             (run / "train.json").write_text(json.dumps({
                 "train_seconds": 60.0 * seed, "updates_per_second": 800 / (60.0 * seed), "peak_rss_mib": 500 + seed,
                 "cpu_seconds": CPU[method] * seed, "stopped": "patience" if seed == 1 else "max_update",
@@ -52,31 +61,53 @@ def work(tmp_path):
             (run / "train.log").write_text("".join(
                 f"| valid on 'valid' subset | loss {5.0 + seed + 0.1 * (2 - i):.3f} | nll_loss 4.0 | num_updates {400 * i}\n"
                 for i in range(3)))
+    # records that must not count: a validation-set evaluation, and an older test evaluation
+    tie1, ce1 = tmp_path / "runs" / "micro-tie_kd-s1", tmp_path / "runs" / "micro-ce-s1"
+    (tie1 / "eval-valid.json").write_text(eval_record(tie1, "micro", "tie_kd", 1, 99.0, ref, gen_subset="valid"))
+    (ce1 / "eval-test-old.json").write_text(eval_record(ce1, "micro", "ce", 1, 50.0, ref))
+    os.utime(ce1 / "eval-test-old.json", (1e9, 1e9))
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "eval-test.json").write_text(json.dumps(
         {"arch": "tie_kd_transformer_tiny", "params": 1_300_000, "num_updates": 2200, "bleu": 20.0, "chrf": 45.0,
          "checkpoints": ["a.pt", "b.pt"]}))
     (tmp_path / "teacher" / "train.json").write_text(json.dumps({"cpu_seconds": 7200.0, "stopped": "patience"}))
-    (tmp_path / "grid.json").write_text(json.dumps({"src": "en", "tgt": "de", "command": "python examples/run_grid.py",
-                                                    "wall_minutes": 90.0, "invocations": [{}], "jobs": 2, "threads": 1}))
+    (tmp_path / "grid.json").write_text(json.dumps({
+        "src": "en", "tgt": "de", "command": "python examples/run_grid.py", "wall_minutes": 90.0,
+        "jobs": 2, "threads": 1, "commit": "bbb2222",
+        "invocations": [{"start": "2026-11-30 08:00:00", "argv": GRID_ARGV[:-1] + ["400"], "commit": "aaa1111"},
+                        {"start": "2026-11-30 09:00:00", "argv": GRID_ARGV, "commit": "bbb2222"}]}))
     return tmp_path
 
 
-def test_means_sds_and_gains(work):
+def test_means_sds_and_paired_gains(work):
     summary = results_table.summarize(results_table.load_records(str(work)))
     ce, word, tie = (summary[("micro", m)] for m in ("ce", "word_kd", "tie_kd"))
     assert (ce["bleu"], ce["bleu_sd"]) == (pytest.approx(12.0), pytest.approx(2.0))
-    assert (tie["bleu"], tie["bleu_sd"], tie["chrf"]) == (pytest.approx(15.0), pytest.approx(2.0), pytest.approx(35.0))
-    assert tie["gain_over_ce"] == pytest.approx(3.0) and tie["gain_over_word_kd"] == pytest.approx(2.0)
+    assert (tie["bleu"], tie["bleu_sd"], tie["chrf"]) == (pytest.approx(15.0), pytest.approx(3.25 ** 0.5),
+                                                          pytest.approx(35.0))
+    # paired over seeds: the mean and sd of the per-seed differences
+    assert (tie["gain_over_ce"], tie["gain_over_ce_sd"], tie["gain_over_ce_n"]) == (
+        pytest.approx(3.0), pytest.approx(0.5), 3)
+    assert (tie["gain_over_word_kd"], tie["gain_over_word_kd_sd"]) == (pytest.approx(2.0), pytest.approx(0.5))
     assert word["gain_over_ce"] == pytest.approx(1.0) and word["gain_over_word_kd"] is None
     assert tie["chrf_gain_over_word_kd"] == pytest.approx(2.0)
     assert ce["gain_over_ce"] is None
     assert tie["train_seconds"] == pytest.approx(120.0) and tie["peak_rss_mib"] == pytest.approx(502.0)
-    assert tie["cpu_seconds"] == pytest.approx(8000.0) and tie["stopped_by_patience"] == 1
+    assert tie["cpu_seconds"] == pytest.approx(8000.0) and tie["stopped_by_patience"] == 1 and tie["at_cap"] == 2
     assert tie["teacher_top1_agree"] == pytest.approx(0.52)
     nano = summary[("nano", "tie_kd")]
     assert nano["bleu_sd"] is None and nano["gain_over_ce"] == pytest.approx(2.5)
-    assert nano["gain_over_word_kd"] is None  # no word-KD run at that size
+    # word-KD's mean is 8.0 over two seeds, but only seed 1 pairs with TIE-KD: 10.5 - 9.0
+    assert (nano["gain_over_word_kd"], nano["gain_over_word_kd_n"]) == (pytest.approx(1.5), 1)
+    eq = summary[("micro", "ce_eqtime")]
+    assert (eq["gain_over_tie_kd"], eq["gain_over_tie_kd_sd"]) == (pytest.approx(-1.0), pytest.approx(0.5))
+
+
+def test_only_the_newest_test_evaluation_counts(work):
+    records = {(r["size"], r["method"], r["seed"]): r for r in results_table.load_records(str(work))}
+    assert records[("micro", "tie_kd", 1)]["bleu"] == 13.0  # not the validation-set record's 99
+    assert records[("micro", "ce", 1)]["bleu"] == 10.0  # not the older test record's 50
+    assert len(records) == sum(len(v) for v in BLEU.values())
 
 
 def test_validation_curves(work):
@@ -96,22 +127,36 @@ def test_length_terms_come_from_the_translations(work):
     expected = sacrebleu.corpus_bleu(HYPS["ce"], [REFS])
     assert ce["length_ratio"] == pytest.approx(12 / 29)  # 12 hypothesis tokens for 29 reference tokens
     assert ce["brevity_penalty"] == pytest.approx(expected.bp) and expected.bp < 0.5
-    assert ce["bleu_without_bp"] == pytest.approx(expected.score / expected.bp)
-    word = records[("micro", "word_kd", 1)]
-    assert word["length_ratio"] == pytest.approx(18 / 29)
+    assert records[("micro", "word_kd", 1)]["length_ratio"] == pytest.approx(18 / 29)
     summary = results_table.summarize(list(records.values()))
     assert summary[("micro", "tie_kd")]["length_ratio"] == pytest.approx(28 / 29)
 
 
 def test_paired_bootstrap_uses_the_hypothesis_files(work):
     rows = results_table.paired_bootstrap(results_table.load_records(str(work)), n_samples=200)
-    assert [(r["size"], r["seed"]) for r in rows] == [("micro", 1), ("micro", 2), ("micro", 3)]
+    # smallest student first, then by seed
+    assert [(r["size"], r["seed"]) for r in rows] == [("nano", 1), ("micro", 1), ("micro", 2), ("micro", 3)]
     assert [r["size"] for r in results_table.paired_bootstrap(
-        results_table.load_records(str(work)), baseline="ce", n_samples=100)] == ["micro"] * 3 + ["nano"]
+        results_table.load_records(str(work)), baseline="ce", n_samples=100)] == ["nano"] + ["micro"] * 3
     expected = sacrebleu.corpus_bleu(HYPS["tie_kd"], [REFS]).score
-    assert rows[0]["BLEU"]["system"] == pytest.approx(expected)
-    assert rows[0]["BLEU"]["baseline"] == pytest.approx(sacrebleu.corpus_bleu(HYPS["word_kd"], [REFS]).score)
-    assert 0 < rows[0]["BLEU"]["p_value"] <= 1
+    assert rows[1]["BLEU"]["system"] == pytest.approx(expected)
+    assert rows[1]["BLEU"]["baseline"] == pytest.approx(sacrebleu.corpus_bleu(HYPS["word_kd"], [REFS]).score)
+    assert 0 < rows[1]["BLEU"]["p_value"] <= 1 and rows[1]["n_samples"] == 200
+
+
+def test_p_values_and_verdicts():
+    row = {"n_samples": 1000, "BLEU": {"p_value": 1 / 1001}, "chrF2": {"p_value": 0.012}}
+    assert results_table.p_value(row, "BLEU") == "≤ 0.001"  # sacreBLEU's floor: 1 / (resamples + 1)
+    assert results_table.p_value(row, "chrF2") == "0.012"
+    assert results_table.verdict(3, 0, 3) == "holds"
+    assert results_table.verdict(1, 0, 3) == "mixed"
+    assert results_table.verdict(0, 0, 2).startswith("not shown")
+    assert results_table.verdict(0, 2, 2) == "does not hold (significantly worse in 2 of 2 seeds)"
+
+
+def test_missing_runs_follow_the_grid_plan(work):
+    records = results_table.load_records(str(work))
+    assert results_table.missing_runs(str(work), records) == ["nano-ce-s2", "nano-tie_kd-s2"]
 
 
 def test_markdown_and_plots(work, tmp_path_factory):
@@ -120,28 +165,44 @@ def test_markdown_and_plots(work, tmp_path_factory):
         if path.is_dir():
             shutil.copytree(path, second / path.name)
     (second / "grid.json").write_text(json.dumps({"src": "en", "tgt": "fr"}))
+    pending = tmp_path_factory.mktemp("pending")  # a third pair that has not evaluated anything
+    (pending / "grid.json").write_text(json.dumps({"src": "en", "tgt": "es", "invocations": [
+        {"start": "2026-11-30 10:00:00", "argv": ["--sizes", "micro:1", "--methods", "ce"]}]}))
     out = work / "results.md"
-    results_table.main(["--work", str(work), "--work", str(second), "--out", str(out), "--bootstrap-samples", "100"])
+    results_table.main(["--work", str(work), "--work", str(second), "--work", str(pending), "--out", str(out),
+                        "--bootstrap-samples", "100"])
     text = out.read_text()
-    assert ("| micro | 0.65M | TIE-KD | 3 | 15.00 ± 2.00 | 35.00 ± 2.00 | +3.00 | +2.00 | 0.966 | 800 | 1 of 3 | 7.000 "
-            "| — | 0.520 | 2.22 | 0.03 |") in text  # 28 of 29 reference tokens; validated over 800 updates only
-    assert ("**micro**: length: TIE-KD's translations are 0.966 of the reference length, word-KD's 0.621; "
-            "BLEU without its brevity penalty") in text
-    assert "| nano | 0.30M | TIE-KD | 1 | 10.50 | 30.50 | +2.50 | — |" in text
-    assert "**micro**: TIE-KD vs CE +3.00 BLEU (above the paper's +0.6 to +1.1), +3.00 chrF" in text
+    assert ("| micro | 0.65M | TIE-KD | 3 | 15.00 ± 1.80 | 35.00 ± 1.80 | +3.00 ± 0.50 | +2.00 ± 0.50 | +2.00 ± 0.50 "
+            "| 0.966 | 800 | 1 of 3 | 7.000 | — | 0.520 | 2.22 | 0.03 | 502 |") in text  # validated over 800 updates only
+    assert "| nano | 0.30M | TIE-KD | 1 | 10.50 | 30.50 | +2.50 | +1.50 | +1.50 |" in text
+    assert "| nano | 0.30M | word-KD | 2 | 8.00 ± 1.41 | 28.00 ± 1.41 | +1.00 (n=1) | — |" in text
+    assert "## en-de: BLEU and chrF mean ± sd over seeds" in text  # not all runs stopped at the cap
+    assert ("- Convergence: 7 of 13 students stopped at the update cap (800 updates), 6 because validation CE "
+            "stopped improving.") in text
+    assert "**micro, TIE-KD beats the student without KD** (paper: +0.60 to +1.11 BLEU" in text
+    assert "+3.00 ± 0.50 BLEU paired (+25% of CE's 12.00), +3.00 ± 0.50 chrF" in text
+    assert "its margin over word-KD by size (largest gap first) is nano +1.50 (" in text
+    assert "**micro, cost** (paper's peers: word-KD 2.5-4x plain training's GPU-hours): word-KD took 2.0x" in text
     assert "BLEU 20.00, chrF 45.00" in text and "stopped by patience, 2.00 CPU-h" in text
     assert "## Equal compute (micro)" in text and "CPU-hours in all, the teacher's 2.0." in text
-    assert "| CE, TIE-KD's CPU time | 800 | 2.22 | 14.00 ± 2.00 | 34.00 ± 2.00 | -1.00 |" in text
+    assert ("| CE, TIE-KD's CPU time | 3 | 800 | 2.22 | 1.00 | 0.03 | 14.00 ± 2.00 | 34.00 ± 2.00 "
+            "| +1.00 ± 0.50 | +1.00 ± 0.50 |") in text
     assert "a CE student given the TIE-KD student's CPU time (2.22 vs 2.22 CPU-h" in text
-    assert "TIE-KD is ahead by 1.00 BLEU" in text
+    assert "TIE-KD is ahead of it (+1.00 ± 0.50 BLEU, +1.00 ± 0.50 chrF, paired over 3 seed(s)" in text
+    assert "TIE-KD vs CE, TIE-KD's CPU time (sacreBLEU's paired bootstrap, `--paired-bs`, 100 resamples" in text
     assert "## en-de: how it was run" in text and "## en-fr" in text and "### en-fr" in text
+    assert "## en-es: pending" in text and "- en-es: no run evaluated yet." in text
+    assert ("- **Incomplete**: the grid is still running; runs missing: en-de 2, en-es 1 (listed at the end).") in text
+    assert "- en-de: nano-ce-s2, nano-tie_kd-s2" in text and "- en-es: micro-ce-s1" in text
+    assert ("- Invocation 1 (2026-11-30 08:00:00) differed from the last: `--updates 400`, `commit aaa1111`.") in text
     assert ("- en-de, micro students (0.65M params, 3 seed(s)), test BLEU / chrF: CE (no KD) 12.00 ± 2.00 / 32.00; "
-            "word-KD 13.00 ± 2.00 / 33.00; TIE-KD 15.00 ± 2.00 / 35.00 (teacher 20.00 / 45.00).") in text
-    assert ("- Equal compute: CE, TIE-KD's CPU time (800 updates) scored 14.00 ± 2.00 BLEU / 34.00 chrF against "
-            "TIE-KD's 15.00 / 35.00.") in text
-    assert "- Length: TIE-KD's translations are 0.966 of the reference length, word-KD's 0.621; without" in text
-    assert "- en-fr, nano: CE (no KD) 8.00; TIE-KD 10.50 BLEU." in text
-    assert "Convergence: 5 of 11 runs stopped because validation CE stopped improving." in text
+            "word-KD 13.00 ± 2.00 / 33.00; TIE-KD 15.00 ± 1.80 / 35.00 (teacher 20.00 / 45.00).") in text
+    assert "- TIE-KD vs word-KD: +2.00 ± 0.50 BLEU, +2.00 ± 0.50 chrF (paired over seeds)" in text
+    assert "- Equal compute: a CE student given the TIE-KD student's CPU time" in text
+    assert "- TIE-KD minus word-KD BLEU by student size (largest teacher-student gap first): nano +1.50, micro +2.00 ± 0.50." in text
+    assert "- Length: TIE-KD's translations are 0.966 of the reference length, word-KD's 0.621" in text
+    assert "- en-fr, nano: CE (no KD) 8.00; word-KD 8.00 ± 1.41; TIE-KD 10.50 BLEU." in text
+    assert "students of 0.30-0.65M parameters" in text and "about 92-200x more" in text
     assert "--user-dir tiekd_fairseq --criterion tie_kd" in text and "/somewhere" not in text
     for plot in ("results_capacity_gap.png", "results_compute.png", "results_valid_curves.png"):
         assert (work / plot).stat().st_size > 1000

@@ -15,6 +15,7 @@ import os
 import re
 import statistics
 import sys
+import time
 from collections import defaultdict
 
 from run_grid import parse_args as grid_args, run_plan, validations  # the runner's plan and log reading
@@ -721,13 +722,15 @@ def headline(works, data):
     pending = {pair_name(w): len(data[w]["missing"]) for w in works if data[w]["missing"]}
     if pending:
         lines.append("- **Incomplete**: the grid is still running; runs missing: "
-                     + ", ".join(f"{p} {n}" for p, n in pending.items()) + " (listed at the end).")
+                     + ", ".join(f"{p} {n}" for p, n in pending.items())
+                     + f" (listed at the end); records read {time.strftime('%Y-%m-%d %H:%M')}.")
     lines.append(f"- {convergence_line(summary)}")
     size = main_size_of(summary)
     methods = [m for m in METHOD_NAMES if not m.endswith(EQTIME) and (size, m) in summary]
-    seeds = max(len(summary[(size, m)]["seeds"]) for m in methods)
+    counts = sorted({len(summary[(size, m)]["seeds"]) for m in methods})
+    seeds = f"{counts[0]} seed(s)" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds per method"
     lines.append(f"- {pair_name(main)}, {size} students ({summary[(size, methods[0])]['params'] / 1e6:.2f}M params, "
-                 f"{seeds} seed(s)), test BLEU / chrF: " + "; ".join(
+                 f"{seeds}), test BLEU / chrF: " + "; ".join(
                      f"{METHOD_NAMES[m]} {fmt(summary[(size, m)]['bleu'], summary[(size, m)]['bleu_sd'])} / "
                      f"{fmt(summary[(size, m)]['chrf'])}" for m in methods)
                  + (f" (teacher {teacher['bleu']:.2f} / {teacher['chrf']:.2f})." if teacher else "."))

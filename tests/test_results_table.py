@@ -192,7 +192,7 @@ def test_markdown_and_plots(work, tmp_path_factory):
     assert "TIE-KD vs CE, TIE-KD's CPU time (sacreBLEU's paired bootstrap, `--paired-bs`, 100 resamples" in text
     assert "## en-de: how it was run" in text and "## en-fr" in text and "### en-fr" in text
     assert "## en-es: pending" in text and "- en-es: no run evaluated yet." in text
-    assert ("- **Incomplete**: the grid is still running; runs missing: en-de 2, en-es 1 (listed at the end).") in text
+    assert "- **Incomplete**: the grid is still running; runs missing: en-de 2, en-es 1 (listed at the end); records" in text
     assert "- en-de: nano-ce-s2, nano-tie_kd-s2" in text and "- en-es: micro-ce-s1" in text
     assert ("- Invocation 1 (2026-11-30 08:00:00) differed from the last: `--updates 400`, `commit aaa1111`.") in text
     assert ("- en-de, micro students (0.65M params, 3 seed(s)), test BLEU / chrF: CE (no KD) 12.00 ± 2.00 / 32.00; "

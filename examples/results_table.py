@@ -9,14 +9,16 @@ the grid to regenerate them. A grid that has not finished is reported as such, w
 still missing.
 """
 import argparse
+import contextlib
 import glob
+import io
 import json
 import os
 import re
 import statistics
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from run_grid import parse_args as grid_args, run_plan, validations  # the runner's plan and log reading
 
@@ -52,27 +54,43 @@ def base_method(method):
 
 def load_records(work):
     """One dict per evaluated student run: its test-set tiekd-eval record plus the runner's train.json."""
-    records = []
-    for run_dir in sorted(glob.glob(os.path.join(work, "runs", "*"))):
-        path = test_eval(run_dir)
-        if path:
-            records.append(_with_train_record(path))
-    return records
+    runs, common = student_evaluations(work)
+    return [_with_train_record(choose_evaluation(run_dir, found, common)) for run_dir, found in runs.items() if found]
 
 
-def test_eval(run_dir):
-    """The run's test-set evaluation record; with several (another beam, a later re-evaluation),
-    the newest, said on stderr so that nothing is averaged in silently."""
-    found = []
-    for path in glob.glob(os.path.join(run_dir, "eval-*.json")):
+def student_evaluations(work):
+    """{run dir: [(path, record)] of its test-set evaluations}, and how many runs were evaluated
+    with each setting (checkpoints averaged, beam, lenpen)."""
+    runs = {d: test_set_evaluations(d) for d in sorted(glob.glob(os.path.join(work, "runs", "*")))}
+    return runs, Counter(evaluation_settings(r) for found in runs.values() for _, r in found)
+
+
+def test_set_evaluations(run_dir):
+    """[(path, record)] of a directory's test-set tiekd-eval records (``gen_subset``, or for
+    older records the subset in the file name, eval-SUBSET-...)."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "eval-*.json"))):
         with open(path) as f:
-            if json.load(f).get("gen_subset", "test") == "test":
-                found.append(path)
+            record = json.load(f)
+        subset = record.get("gen_subset") or re.match(r"eval-([^-.]*)", os.path.basename(path)).group(1)
+        if subset == "test":
+            out.append((path, record))
+    return out
+
+
+def evaluation_settings(record):
+    return len(record.get("checkpoints") or []), record.get("beam"), record.get("lenpen")
+
+
+def choose_evaluation(run_dir, found, common):
+    """The evaluation with the settings most runs have (the newest of those), so that a run
+    re-scored with another lenpen or beam does not enter the tables; the others are named on stderr."""
+    path = max(found, key=lambda pr: (common[evaluation_settings(pr[1])], os.path.getmtime(pr[0])))[0]
     if len(found) > 1:
-        found.sort(key=os.path.getmtime)
-        print(f"results_table: {run_dir} has {len(found)} test evaluations; using the newest, "
-              f"{os.path.basename(found[-1])}", file=sys.stderr)
-    return found[-1] if found else None
+        print(f"results_table: {run_dir}: {len(found)} test evaluations; using {os.path.basename(path)} (the "
+              f"settings most runs have), not " + ", ".join(os.path.basename(p) for p, _ in found if p != path),
+              file=sys.stderr)
+    return path
 
 
 def _with_train_record(eval_path):
@@ -119,8 +137,10 @@ def valid_fall(curve, span=1000):
 
 
 def load_teacher(work):
-    path = test_eval(os.path.join(work, "teacher"))
-    return _with_train_record(path) if path else None
+    found = test_set_evaluations(os.path.join(work, "teacher"))
+    if not found:
+        return None
+    return _with_train_record(choose_evaluation(os.path.join(work, "teacher"), found, student_evaluations(work)[1]))
 
 
 def load_grid(work):
@@ -132,9 +152,19 @@ def load_grid(work):
 
 
 def planned_runs(grid):
-    """[(name, size, method, seed)] the grid's last invocation set out to train, or [] if unknown."""
-    argv = (grid.get("invocations") or [{}])[-1].get("argv")
-    return run_plan(grid_args(argv)) if argv is not None else []
+    """[(name, size, method, seed)] the grid's last training invocation set out to do, or [] if
+    unknown (no recorded options, or options this runner does not know)."""
+    argv = next((i["argv"] for i in reversed(grid.get("invocations") or [])
+                 if i.get("argv") is not None and "--evaluate-only" not in i["argv"]), None)
+    if argv is None:
+        return []
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse's usage text
+            return run_plan(grid_args(argv))
+    except SystemExit as e:
+        print(f"results_table: the grid's recorded options cannot be planned by this runner ({e}); "
+              "the runs still missing are not listed", file=sys.stderr)
+        return []
 
 
 def read_lines(path):
@@ -341,8 +371,8 @@ def bootstrap_section(title, rows):
 
 
 def equal_compute_table(summary, size):
-    rows = ["| method | seeds | updates | CPU-h | CPU vs TIE-KD (paired) | wall h | BLEU | chrF "
-            "| Δ BLEU vs TIE-KD (paired) | Δ chrF vs TIE-KD |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | seeds | updates | CPU-h | CPU / TIE-KD's (paired) | wall h | BLEU | chrF "
+            "| TIE-KD minus row, BLEU (paired) | TIE-KD minus row, chrF |", "|---|---|---|---|---|---|---|---|---|---|"]
     tie = summary.get((size, "tie_kd"))
     for method in ("ce", "ce_eqtime", "word_kd", "word_kd_eqtime", "tie_kd"):
         s = summary.get((size, method))
@@ -476,50 +506,60 @@ def learning_curve_plot(records, size, path):
 # ---------------------------------------------------------------- findings
 
 def verdict(won, lost, n):
+    """A claim's verdict from per-seed paired bootstraps: won / lost = seeds significantly
+    better / worse, of n. One seed says nothing about training variance: said so."""
     if n == 0:
         return "untested"
     if won == n:
-        return "holds"
-    if won == 0:
-        return f"does not hold (significantly worse in {lost} of {n} seeds)" if lost else \
-            "not shown (no seed significantly different)"
-    return "mixed"
+        text = "holds"
+    elif won == 0:
+        text = (f"does not hold (significantly worse in {lost} of {n} seeds)" if lost else
+                "not shown (no seed significantly different)")
+    else:
+        text = "mixed"
+    return text + (" (1 seed only)" if n == 1 else "")
+
+
+def fall_text(fall):
+    return (f"still fell {fall:.3f} bits" if fall > 0 else f"rose {-fall:.3f} bits" if fall < 0 else "did not change")
 
 
 def convergence_line(summary):
     trained = [s for (_, m), s in summary.items() if not m.endswith(EQTIME)]
     n_runs = sum(len(s["seeds"]) for s in trained)
-    at_cap = sum(s["at_cap"] for s in trained)
-    falls = [r["valid_fall_1k"] for s in trained for r in s["by_seed"].values() if r.get("valid_fall_1k") is not None]
-    caps = sorted({r.get("num_updates") for s in trained for r in s["by_seed"].values() if r.get("num_updates")})
-    text = (f"{at_cap} of {n_runs} students stopped at the update cap"
+    capped = [r for s in trained for r in s["by_seed"].values() if r.get("stopped") == "max_update"]
+    falls = [r["valid_fall_1k"] for r in capped if r.get("valid_fall_1k") is not None]
+    caps = sorted({r["num_updates"] for r in capped if r.get("num_updates")})
+    text = (f"{len(capped)} of {n_runs} students stopped at the update cap"
             + (f" ({', '.join(f'{c:,}' for c in caps)} updates)" if caps else "")
             + f", {sum(s['stopped_by_patience'] for s in trained)} because validation CE stopped improving")
     if falls:
-        text += (f"; over its last 1,000 updates each run's validation CE still fell by {min(falls):.3f} to "
-                 f"{max(falls):.3f} bits")
-    if at_cap == n_runs and n_runs:
+        text += (f"; over the last 1,000 updates of those at the cap, validation CE " +
+                 (f"still fell by {min(falls):.3f} to {max(falls):.3f} bits" if min(falls) > 0 else
+                  f"changed by {-max(falls):+.3f} to {-min(falls):+.3f} bits"))
+    if n_runs and len(capped) == n_runs and len(falls) == n_runs and min(falls) > 0:
         text += (". **None converged**: the tables compare methods at a fixed training budget, not at their "
                  "plateau, and a ranking there can change with longer training")
     return text + "."
 
 
-def paper_claims(summary, boot_word, boot_ce, teacher=None):
-    """The paper's claims, each with holds / does not hold / mixed per student size, from the
-    per-seed paired bootstraps; then what the paper did not compare and the cost."""
+def paper_claims(summary, boots, teacher=None):
+    """The paper's claims, each with a verdict per student size from the per-seed paired
+    bootstraps; then the methods the paper did not compare, and the cost."""
     out = []
     sizes = sizes_in_order(summary)
+    boot_word, boot_ce = boots["word_kd"], boots["ce"]
     for size in sizes:
         tie, word, ce = (summary.get((size, m)) for m in ("tie_kd", "word_kd", "ce"))
-        if tie and ce:
+        if tie and ce and tie["gain_over_ce"] is not None:
             won, n = wins(boot_ce, size, "BLEU")
             rel = tie["gain_over_ce"] / ce["bleu"] * 100 if ce["bleu"] else None
-            out.append(f"- **{size}, TIE-KD beats the student without KD** (paper: +0.60 to +1.11 BLEU "
-                       f"with Transformer-base students): {verdict(won, losses(boot_ce, size, 'BLEU'), n)}: "
+            out.append(f"- **{size}, TIE-KD beats the student without KD** (paper: +0.60 to +1.11 BLEU with "
+                       f"Transformer-base students): {verdict(won, losses(boot_ce, size, 'BLEU'), n)}: "
                        f"{gain(tie, 'gain_over_ce')} BLEU paired"
                        + (f" ({rel:+.0f}% of CE's {ce['bleu']:.2f})" if rel is not None else "")
                        + f", {gain(tie, 'chrf_gain_over_ce')} chrF; significantly better by BLEU in {won} of {n} seeds.")
-        if tie and word:
+        if tie and word and tie["gain_over_word_kd"] is not None:
             won_b, n = wins(boot_word, size, "BLEU")
             won_c, _ = wins(boot_word, size, "chrF2")
             out.append(f"- **{size}, TIE-KD beats word-KD**: by BLEU {verdict(won_b, losses(boot_word, size, 'BLEU'), n)} "
@@ -531,29 +571,30 @@ def paper_claims(summary, boot_word, boot_ce, teacher=None):
                            f"length (brevity penalty {fmt(tie['brevity_penalty'], digits=3)}), word-KD's "
                            f"{word['length_ratio']:.3f} ({fmt(word['brevity_penalty'], digits=3)}); lenpen was not "
                            f"tuned per method.")
-        if tie:
-            better = [(m, s) for (z, m), s in summary.items() if z == size and m not in ("tie_kd",)
-                      and not m.endswith(EQTIME) and s.get("gain_over_tie_kd") is not None and s["gain_over_tie_kd"] > 0]
-            for m, s in sorted(better, key=lambda ms: -ms[1]["gain_over_tie_kd"]):
-                out.append(f"- **{size}**: {METHOD_NAMES[m]} scores above TIE-KD: {gain(s, 'gain_over_tie_kd')} BLEU, "
-                           f"{gain(s, 'chrf_gain_over_tie_kd')} chrF (paired)"
-                           + (" (not in the paper's comparison)" if m in ("seq_kd", "tie_kd_pool") else "") + ".")
-    margins = [(z, summary[(z, "tie_kd")]) for z in sizes
+        for method in ("seq_kd", "tie_kd_pool"):  # not in the paper's comparison
+            other = summary.get((size, method))
+            rows = [r for r in boots.get(method, []) if r["size"] == size]
+            if tie and other and rows and other.get("gain_over_tie_kd") is not None:
+                won, n = wins(rows, size, "BLEU")
+                out.append(f"- **{size}, {METHOD_NAMES[method]} vs TIE-KD** (not in the paper's comparison): "
+                           f"{gain(other, 'gain_over_tie_kd')} BLEU, {gain(other, 'chrf_gain_over_tie_kd')} chrF "
+                           f"(paired); significantly better by BLEU in {won} of {n} seeds, worse in "
+                           f"{losses(rows, size, 'BLEU')}.")
+    by_size = [(z, summary[(z, "tie_kd")]) for z in sizes
                if (z, "tie_kd") in summary and summary[(z, "tie_kd")]["gain_over_word_kd"] is not None]
-    if len(margins) > 1:
-        sig = [wins(boot_word, z, "BLEU") for z, _ in margins]
-        spread = {m: [summary[(z, m)]["gain_over_ce"] for z in sizes
-                      if (z, m) in summary and summary[(z, m)]["gain_over_ce"] is not None]
-                  for m in ("word_kd", "tie_kd")}
-        holds = all(s["gain_over_word_kd"] > 0 for _, s in margins) and all(w == n and n for w, n in sig)
-        fails = any(s["gain_over_word_kd"] <= 0 for _, s in margins) or all(w == 0 for w, _ in sig)
-        out.append("- **Capacity gap: TIE-KD's gain holds better than word-KD's across student sizes**: "
-                   + ("holds" if holds else "does not hold" if fails else "mixed")
-                   + ": its margin over word-KD by size (largest gap first) is "
-                   + ", ".join(f"{z} {gain(s, 'gain_over_word_kd')} ({w} of {n} seeds significant)"
-                               for (z, s), (w, n) in zip(margins, sig)) + " BLEU"
-                   + "".join(f"; {METHOD_NAMES[m]}'s gain over CE ranges {min(v):+.2f} to {max(v):+.2f}"
-                             for m, v in spread.items() if len(v) > 1) + ".")
+    if len(by_size) > 1:
+        per_size = [(z, s, *wins(boot_word, z, "BLEU"), losses(boot_word, z, "BLEU")) for z, s in by_size]
+        overall = ("holds" if all(n and won == n for _, _, won, n, _ in per_size) else
+                   "does not hold" if any(lost for *_, lost in per_size) else "not shown at every size")
+        spread = "; ".join(f"{METHOD_NAMES[m]}'s gain over CE: " + ", ".join(
+            f"{z} {gain(summary[(z, m)], 'gain_over_ce')}" for z in sizes
+            if (z, m) in summary and summary[(z, m)]["gain_over_ce"] is not None) for m in ("word_kd", "tie_kd"))
+        out.append("- **Capacity gap** (paper: TIE-KD's gain holds better than other KD methods' as the gap "
+                   "changes), tested here as *TIE-KD beats word-KD by BLEU at every student size*: "
+                   f"{overall}: by size, largest gap first, "
+                   + ", ".join(f"{z} {gain(s, 'gain_over_word_kd')} ({verdict(won, lost, n)})"
+                               for z, s, won, n, lost in per_size)
+                   + f". {spread}.")
     for size in sizes:
         ce, word, tie = (summary.get((size, m)) for m in ("ce", "word_kd", "tie_kd"))
         if ce and ce["cpu_seconds"] and word and word["cpu_seconds"] and tie and tie["cpu_seconds"]:
@@ -567,33 +608,48 @@ def paper_claims(summary, boot_word, boot_ce, teacher=None):
     return out
 
 
-def equal_compute_findings(summary, main_size):
+def shared_means(s, t, field):
+    """Means of a field of two methods over the seeds both have a value for."""
+    seeds = [x for x in s["by_seed"] if x in t["by_seed"] and s["by_seed"][x].get(field) is not None
+             and t["by_seed"][x].get(field) is not None]
+    if not seeds:
+        return None, None
+    return (statistics.fmean(s["by_seed"][x][field] for x in seeds),
+            statistics.fmean(t["by_seed"][x][field] for x in seeds))
+
+
+def equal_compute_findings(summary, main_size, boot_eqtime):
     out = []
     tie = summary.get((main_size, "tie_kd"))
     for method in ("ce_eqtime", "word_kd_eqtime"):
         base = summary.get((main_size, method))
         if not (tie and base and base.get("gain_over_tie_kd") is not None):
             continue
-        delta, sd = -base["gain_over_tie_kd"], base["gain_over_tie_kd_sd"]
+        delta, sd, n = -base["gain_over_tie_kd"], base["gain_over_tie_kd_sd"], base["gain_over_tie_kd_n"]
         where = "level with" if abs(delta) < 0.005 else ("ahead of" if delta > 0 else "behind")
+        won, compared = wins(boot_eqtime.get(method, []), main_size, "BLEU")
+        lost = losses(boot_eqtime.get(method, []), main_size, "BLEU")
+        cpu_b, cpu_t = shared_means(base, tie, "cpu_seconds")
+        upd_b, upd_t = shared_means(base, tie, "num_updates")
+        loss_b, loss_t = shared_means(base, tie, "best_valid_loss")
         name = "CE" if method == "ce_eqtime" else "word-KD"
         out.append(f"- **Equal compute ({main_size})**: a {name} student given the TIE-KD student's CPU time "
-                   f"({fmt(hours(base['cpu_seconds']))} vs {fmt(hours(tie['cpu_seconds']))} CPU-h, "
-                   f"{fmt(base['num_updates'], digits=0)} updates instead of {fmt(tie['num_updates'], digits=0)}) scores "
-                   f"{fmt(base['bleu'], base['bleu_sd'])} BLEU: TIE-KD is {where} it "
-                   f"({signed(delta, sd)} BLEU, {signed(-base['chrf_gain_over_tie_kd'], base['chrf_gain_over_tie_kd_sd'])} "
-                   f"chrF, paired over {base['gain_over_tie_kd_n']} seed(s); best validation CE "
-                   f"{fmt(base['best_valid_loss'], digits=3)} vs TIE-KD's {fmt(tie['best_valid_loss'], digits=3)}). "
-                   f"The teacher's training is not counted: it is done once for every student.")
+                   f"({fmt(hours(cpu_b))} vs {fmt(hours(cpu_t))} CPU-h, {fmt(upd_b, digits=0)} updates instead of "
+                   f"{fmt(upd_t, digits=0)}; means over the {n} seed(s) both have) scores {fmt(base['bleu'], base['bleu_sd'])} "
+                   f"BLEU: TIE-KD is {where} it ({signed(delta, sd)} BLEU, "
+                   f"{signed(-base['chrf_gain_over_tie_kd'], base['chrf_gain_over_tie_kd_sd'])} chrF, paired; "
+                   f"significantly better by BLEU in {won} of {compared} seeds, worse in {lost}; best validation CE "
+                   f"{fmt(loss_b, digits=3)} vs TIE-KD's {fmt(loss_t, digits=3)}). The teacher's training is not "
+                   f"counted: it is done once for every student.")
     return out
 
 
-def findings(summary, boot_word, boot_ce, main_size=None, teacher=None):
+def findings(summary, boots, main_size=None, teacher=None):
     """Plain statements of what the numbers say, against the paper's claims."""
     out = ["- Convergence: " + convergence_line(summary)]
-    out += paper_claims(summary, boot_word, boot_ce, teacher)
+    out += paper_claims(summary, boots, teacher)
     if main_size:
-        out += equal_compute_findings(summary, main_size)
+        out += equal_compute_findings(summary, main_size, boots)
     return "\n".join(out)
 
 
@@ -630,6 +686,7 @@ def invocation_differences(invocations):
     if len(invocations) < 2:
         return []
     last = invocations[-1]
+    last_argv = last.get("argv") or []
 
     def options(argv):
         out, key = {}, None
@@ -642,16 +699,16 @@ def invocation_differences(invocations):
                 key = None
         return out
 
-    last_opts = options(last["argv"])
+    last_opts = options(last_argv)
     lines = []
     for i, inv in enumerate(invocations[:-1], 1):
-        opts = options(inv["argv"])
+        opts = options(inv.get("argv") or [])
         diff = [f"{k} {opts.get(k, '(unset)')}" for k in sorted(set(opts) | set(last_opts))
                 if opts.get(k) != last_opts.get(k)]
         if inv.get("commit") and last.get("commit") and inv["commit"] != last["commit"]:
             diff.append(f"commit {inv['commit']}")
         if diff:
-            lines.append(f"- Invocation {i} ({inv['start']}) differed from the last: " + ", ".join(f"`{d}`" for d in diff)
+            lines.append(f"- Invocation {i} ({inv.get('start', '?')}) differed from the last: " + ", ".join(f"`{d}`" for d in diff)
                          + ". Runs it finished were kept.")
     if not any(inv.get("commit") for inv in invocations[:-1]):
         lines.append("- The invocations' own commits were not recorded (the runner records them since 2026-11-30); "
@@ -677,11 +734,14 @@ def teacher_line(teacher):
         return ""
     stopped = {"patience": "stopped by patience", "max_update": "stopped at its update cap"}.get(teacher.get("stopped"), "")
     cpu = f", {hours(teacher['cpu_seconds']):.2f} CPU-h" if teacher.get("cpu_seconds") else ""
-    fall = (f"; its validation CE still fell {teacher['valid_fall_1k']:.3f} bits over its last 1,000 updates"
-            if teacher.get("valid_fall_1k") else "")
-    return (f"Teacher (`{teacher['arch']}`, {teacher['params'] / 1e6:.2f}M params, {teacher['num_updates']:,} updates, "
-            f"{stopped}{cpu}{fall}; distilled from the average of its last {len(teacher['checkpoints'])} checkpoints): "
-            f"**BLEU {teacher['bleu']:.2f}, chrF {teacher['chrf']:.2f}**.")
+    fall = (f"; over its last 1,000 updates its validation CE {fall_text(teacher['valid_fall_1k'])}"
+            if teacher.get("valid_fall_1k") is not None else "")
+    params = f", {teacher['params'] / 1e6:.2f}M params" if teacher.get("params") else ""
+    updates = f", {teacher['num_updates']:,} updates" if teacher.get("num_updates") else ""
+    average = len(teacher.get("checkpoints") or [])
+    return (f"Teacher (`{teacher.get('arch', '?')}`{params}{updates}, {stopped}{cpu}{fall}"
+            + (f"; distilled from the average of its last {average} checkpoints" if average > 1 else "")
+            + f"): **BLEU {teacher['bleu']:.2f}, chrF {teacher['chrf']:.2f}**.")
 
 
 def missing_runs(work, records):
@@ -717,11 +777,12 @@ def headline(works, data):
     the verdicts, equal compute, the capacity gap and the other pairs, all from the records."""
     main = works[0]
     d = data[main]
-    summary, boot_word, boot_ce, teacher = d["summary"], d["boot_word"], d["boot_ce"], d["teacher"]
+    summary, teacher = d["summary"], d["teacher"]
+    boot_word, boot_ce = d["boots"]["word_kd"], d["boots"]["ce"]
     lines = []
     pending = {pair_name(w): len(data[w]["missing"]) for w in works if data[w]["missing"]}
     if pending:
-        lines.append("- **Incomplete**: the grid is still running; runs missing: "
+        lines.append("- **Incomplete**: the grid has not finished; runs missing: "
                      + ", ".join(f"{p} {n}" for p, n in pending.items())
                      + f" (listed at the end); records read {time.strftime('%Y-%m-%d %H:%M')}.")
     lines.append(f"- {convergence_line(summary)}")
@@ -749,7 +810,7 @@ def headline(works, data):
     if tie and word and tie["length_ratio"] is not None and word["length_ratio"] is not None:
         lines.append(f"- Length: TIE-KD's translations are {tie['length_ratio']:.3f} of the reference length, "
                      f"word-KD's {word['length_ratio']:.3f} (same lenpen for all).")
-    lines += [line.replace(f"**Equal compute ({size})**", "Equal compute") for line in equal_compute_findings(summary, size)]
+    lines += [line.replace(f"**Equal compute ({size})**", "Equal compute") for line in equal_compute_findings(summary, size, d["boots"])]
     sizes = sizes_in_order(summary)
     margins = [(z, summary[(z, "tie_kd")]) for z in sizes
                if (z, "tie_kd") in summary and summary[(z, "tie_kd")]["gain_over_word_kd"] is not None]
@@ -778,13 +839,16 @@ def pair_section(work, d):
     """The results of one language pair: how it ran, the teacher, the table and the bootstraps."""
     name = pair_name(work)
     if not d["records"]:
-        return [f"## {name}: pending", "", f"No run evaluated yet ({len(d['missing'])} planned).", ""]
+        return [f"## {name}: pending", "", "No run evaluated yet"
+                + (f" ({len(d['missing'])} planned)." if d["missing"] else "."), ""]
     title = "at the update cap" if all_at_cap(d["summary"]) else "mean ± sd over seeds"
     parts = [f"## {name}: how it was run", "", how_it_was_run(work, d["records"], d["teacher"]), "",
              teacher_line(d["teacher"]), "",
              f"## {name}: BLEU and chrF {title}", "", results_table(d["summary"]), "", TABLE_NOTES, ""]
-    parts += bootstrap_section("TIE-KD vs word-KD", d["boot_word"])
-    parts += bootstrap_section("TIE-KD vs CE", d["boot_ce"])
+    parts += bootstrap_section("TIE-KD vs word-KD", d["boots"]["word_kd"])
+    parts += bootstrap_section("TIE-KD vs CE", d["boots"]["ce"])
+    for method in ("seq_kd", "tie_kd_pool"):
+        parts += bootstrap_section(f"{METHOD_NAMES[method]} vs TIE-KD", d["boots"][method])
     return parts
 
 
@@ -809,7 +873,7 @@ def render(works, data, plots):
                   equal_compute_table(summary, main_size), ""]
         for base in ("ce_eqtime", "word_kd_eqtime"):
             parts += bootstrap_section(f"TIE-KD vs {METHOD_NAMES[base]}",
-                                       [r for r in d["boot_eqtime"][base] if r["size"] == main_size])
+                                       [r for r in d["boots"][base] if r["size"] == main_size])
     if plots.get("compute"):
         parts += ["## Quality against compute", "", f"![BLEU vs training CPU-hours]({plots['compute']})", ""]
     if plots.get("curves"):
@@ -822,11 +886,11 @@ def render(works, data, plots):
     for other in works[1:]:
         parts += pair_section(other, data[other])
     parts += ["## Against the paper", "", f"The paper reports {PAPER}.", "",
-              f"### {name}", "", findings(summary, d["boot_word"], d["boot_ce"], main_size, d["teacher"]), ""]
+              f"### {name}", "", findings(summary, d["boots"], main_size, d["teacher"]), ""]
     for other in works[1:]:
         o = data[other]
         if o["summary"]:
-            parts += [f"### {pair_name(other)}", "", findings(o["summary"], o["boot_word"], o["boot_ce"], None,
+            parts += [f"### {pair_name(other)}", "", findings(o["summary"], o["boots"], None,
                                                                o["teacher"]), ""]
     params = [s["params"] for w in works for s in data[w]["summary"].values()]
     seeds = sorted({len(s["seeds"]) for w in works for s in data[w]["summary"].values()})
@@ -850,12 +914,11 @@ def render(works, data, plots):
 def load_pair(work, n_samples):
     records = load_records(work)
     missing = missing_runs(work, records)
-    if not records and not missing:
-        raise SystemExit(f"{work}: no evaluated runs (runs/*/eval-*.json) and no grid.json; "
-                         "run examples/run_grid.py first")
-    boot = lambda base: paired_bootstrap(records, baseline=base, n_samples=n_samples)
-    return {"records": records, "summary": summarize(records), "boot_word": boot("word_kd"), "boot_ce": boot("ce"),
-            "boot_eqtime": {b: boot(b) for b in ("ce_eqtime", "word_kd_eqtime")},
+    boots = {base: paired_bootstrap(records, baseline=base, n_samples=n_samples)  # TIE-KD vs each baseline
+             for base in ("word_kd", "ce", "ce_eqtime", "word_kd_eqtime")}
+    boots.update({m: paired_bootstrap(records, system=m, baseline="tie_kd", n_samples=n_samples)
+                  for m in ("seq_kd", "tie_kd_pool")})  # the methods the paper did not compare, vs TIE-KD
+    return {"records": records, "summary": summarize(records), "boots": boots,
             "teacher": load_teacher(work), "missing": missing}
 
 
@@ -868,7 +931,7 @@ def main(argv=None):
     works = args.work or ["work/grid"]
     data = {work: load_pair(work, args.bootstrap_samples) for work in works}
     if not data[works[0]]["records"]:
-        raise SystemExit(f"{works[0]}: the main pair has no evaluated run yet")
+        raise SystemExit(f"{works[0]}: no evaluated run (runs/*/eval-*.json) yet; run examples/run_grid.py first")
     out_dir = os.path.dirname(args.out) or "."
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.out))[0]

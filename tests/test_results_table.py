@@ -18,28 +18,33 @@ HYPS = {"ce": ["the cat", "a dog", "hello", "it rains", "we like tea", "this is"
         "word_kd": ["the cat sat", "a dog ran", "hello there", "it is raining", "we like tea", "this is a test"],
         "tie_kd": REFS[:5] + ["this is a test"]}
 HYPS["ce_eqtime"] = HYPS["word_kd"]
+HYPS["seq_kd"] = REFS
 BLEU = {  # (size, method): BLEU per seed
     ("micro", "ce"): [10.0, 12.0, 14.0], ("micro", "word_kd"): [11.0, 13.0, 15.0],
     ("micro", "tie_kd"): [13.0, 15.5, 16.5],  # minus word-KD per seed: +2, +2.5, +1.5
     ("micro", "ce_eqtime"): [12.0, 14.0, 16.0],
+    ("micro", "seq_kd"): [14.0, 16.0, 17.0],  # minus TIE-KD: +1, +0.5, +0.5
     # nano: word-KD has a second seed that TIE-KD and CE lack (paired: seed 1 only)
     ("nano", "ce"): [8.0], ("nano", "word_kd"): [9.0, 7.0], ("nano", "tie_kd"): [10.5],
 }
-CPU = {"ce": 1000.0, "word_kd": 2000.0, "tie_kd": 4000.0, "ce_eqtime": 4000.0}
+CPU = {"ce": 1000.0, "word_kd": 2000.0, "seq_kd": 2500.0, "tie_kd": 4000.0, "ce_eqtime": 4000.0}
 PARAMS = {"micro": 650_000, "nano": 300_000}
 GRID_ARGV = ["--sizes", "micro:3,nano:2:ce+word_kd+tie_kd", "--methods", "ce,word_kd,tie_kd",
              "--eqtime", "micro:3", "--eqtime-methods", "ce_eqtime", "--updates", "800"]
 
 
 def eval_record(run, size, method, seed, bleu, ref, **extra):
-    return json.dumps({
+    record = {
         "size": size, "method": method, "seed": seed, "params": PARAMS[size], "bleu": bleu,
         "chrf": bleu + 20, "teacher_top1_agree": 0.5 + seed / 100, "num_updates": 800,
         "hyp": str(run / "out.hyp"), "ref": str(ref), "n": 6, "beam": 4, "lenpen": 0.6,
         "checkpoints": ["checkpoint_1_750.pt", "checkpoint_1_800.pt"], "gen_subset": "test",
         "bleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
         "chrf_signature": "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0",
-        "sacrebleu_version": "2.6.0", **extra})
+        "sacrebleu_version": "2.6.0", **extra}
+    if size == "nano":  # records of an older tiekd-eval: the subset only in the file name
+        del record["gen_subset"]
+    return json.dumps(record)
 
 
 @pytest.fixture
@@ -66,6 +71,10 @@ def work(tmp_path):
     (tie1 / "eval-valid.json").write_text(eval_record(tie1, "micro", "tie_kd", 1, 99.0, ref, gen_subset="valid"))
     (ce1 / "eval-test-old.json").write_text(eval_record(ce1, "micro", "ce", 1, 50.0, ref))
     os.utime(ce1 / "eval-test-old.json", (1e9, 1e9))
+    tie2 = tmp_path / "runs" / "micro-tie_kd-s2"  # re-scored later with another lenpen (docs/evaluate.md)
+    (tie2 / "eval-test-avg2-beam4-lenpen1.json").write_text(eval_record(tie2, "micro", "tie_kd", 2, 77.0, ref, lenpen=1.0))
+    (tmp_path / "runs" / "nano-ce-s1" / "eval-valid.json").write_text(
+        eval_record(tmp_path / "runs" / "nano-ce-s1", "nano", "ce", 1, 88.0, ref))
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "eval-test.json").write_text(json.dumps(
         {"arch": "tie_kd_transformer_tiny", "params": 1_300_000, "num_updates": 2200, "bleu": 20.0, "chrf": 45.0,
@@ -103,10 +112,12 @@ def test_means_sds_and_paired_gains(work):
     assert (eq["gain_over_tie_kd"], eq["gain_over_tie_kd_sd"]) == (pytest.approx(-1.0), pytest.approx(0.5))
 
 
-def test_only_the_newest_test_evaluation_counts(work):
+def test_which_test_evaluation_counts(work):
     records = {(r["size"], r["method"], r["seed"]): r for r in results_table.load_records(str(work))}
     assert records[("micro", "tie_kd", 1)]["bleu"] == 13.0  # not the validation-set record's 99
     assert records[("micro", "ce", 1)]["bleu"] == 10.0  # not the older test record's 50
+    assert records[("micro", "tie_kd", 2)]["bleu"] == 15.5  # not the newer one at lenpen 1.0 that no other run has
+    assert records[("nano", "ce", 1)]["bleu"] == 8.0  # eval-valid.json without gen_subset: a validation record
     assert len(records) == sum(len(v) for v in BLEU.values())
 
 
@@ -177,26 +188,33 @@ def test_markdown_and_plots(work, tmp_path_factory):
     assert "| nano | 0.30M | TIE-KD | 1 | 10.50 | 30.50 | +2.50 | +1.50 | +1.50 |" in text
     assert "| nano | 0.30M | word-KD | 2 | 8.00 ± 1.41 | 28.00 ± 1.41 | +1.00 (n=1) | — |" in text
     assert "## en-de: BLEU and chrF mean ± sd over seeds" in text  # not all runs stopped at the cap
-    assert ("- Convergence: 7 of 13 students stopped at the update cap (800 updates), 6 because validation CE "
+    assert ("- Convergence: 9 of 16 students stopped at the update cap (800 updates), 7 because validation CE "
             "stopped improving.") in text
     assert "**micro, TIE-KD beats the student without KD** (paper: +0.60 to +1.11 BLEU" in text
     assert "+3.00 ± 0.50 BLEU paired (+25% of CE's 12.00), +3.00 ± 0.50 chrF" in text
-    assert "its margin over word-KD by size (largest gap first) is nano +1.50 (" in text
+    assert ("tested here as *TIE-KD beats word-KD by BLEU at every student size*: ") in text
+    assert "by size, largest gap first, nano +1.50 (" in text and "(1 seed only)), micro +2.00 ± 0.50 (" in text
+    assert ("**micro, seq-KD vs TIE-KD** (not in the paper's comparison): +0.67 ± 0.29 BLEU, +0.67 ± 0.29 chrF "
+            "(paired); significantly better by BLEU in") in text
+    assert "seq-KD vs TIE-KD (sacreBLEU's paired bootstrap" in text
+    assert "| TIE-KD minus row, BLEU (paired) | TIE-KD minus row, chrF |" in text
     assert "**micro, cost** (paper's peers: word-KD 2.5-4x plain training's GPU-hours): word-KD took 2.0x" in text
     assert "BLEU 20.00, chrF 45.00" in text and "stopped by patience, 2.00 CPU-h" in text
     assert "## Equal compute (micro)" in text and "CPU-hours in all, the teacher's 2.0." in text
     assert ("| CE, TIE-KD's CPU time | 3 | 800 | 2.22 | 1.00 | 0.03 | 14.00 ± 2.00 | 34.00 ± 2.00 "
             "| +1.00 ± 0.50 | +1.00 ± 0.50 |") in text
     assert "a CE student given the TIE-KD student's CPU time (2.22 vs 2.22 CPU-h" in text
-    assert "TIE-KD is ahead of it (+1.00 ± 0.50 BLEU, +1.00 ± 0.50 chrF, paired over 3 seed(s)" in text
+    assert "2.22 vs 2.22 CPU-h, 800 updates instead of 800; means over the 3 seed(s) both have" in text
+    assert "TIE-KD is ahead of it (+1.00 ± 0.50 BLEU, +1.00 ± 0.50 chrF, paired; significantly better by BLEU in" in text
     assert "TIE-KD vs CE, TIE-KD's CPU time (sacreBLEU's paired bootstrap, `--paired-bs`, 100 resamples" in text
     assert "## en-de: how it was run" in text and "## en-fr" in text and "### en-fr" in text
     assert "## en-es: pending" in text and "- en-es: no run evaluated yet." in text
-    assert "- **Incomplete**: the grid is still running; runs missing: en-de 2, en-es 1 (listed at the end); records" in text
+    assert "- **Incomplete**: the grid has not finished; runs missing: en-de 2, en-es 1 (listed at the end); records" in text
     assert "- en-de: nano-ce-s2, nano-tie_kd-s2" in text and "- en-es: micro-ce-s1" in text
     assert ("- Invocation 1 (2026-11-30 08:00:00) differed from the last: `--updates 400`, `commit aaa1111`.") in text
     assert ("- en-de, micro students (0.65M params, 3 seed(s)), test BLEU / chrF: CE (no KD) 12.00 ± 2.00 / 32.00; "
-            "word-KD 13.00 ± 2.00 / 33.00; TIE-KD 15.00 ± 1.80 / 35.00 (teacher 20.00 / 45.00).") in text
+            "word-KD 13.00 ± 2.00 / 33.00; seq-KD 15.67 ± 1.53 / 35.67; TIE-KD 15.00 ± 1.80 / 35.00 "
+            "(teacher 20.00 / 45.00).") in text
     assert "- TIE-KD vs word-KD: +2.00 ± 0.50 BLEU, +2.00 ± 0.50 chrF (paired over seeds)" in text
     assert "- Equal compute: a CE student given the TIE-KD student's CPU time" in text
     assert "- TIE-KD minus word-KD BLEU by student size (largest teacher-student gap first): nano +1.50, micro +2.00 ± 0.50." in text
@@ -206,6 +224,77 @@ def test_markdown_and_plots(work, tmp_path_factory):
     assert "--user-dir tiekd_fairseq --criterion tie_kd" in text and "/somewhere" not in text
     for plot in ("results_capacity_gap.png", "results_compute.png", "results_valid_curves.png"):
         assert (work / plot).stat().st_size > 1000
+
+
+def run_record(size, method, seed, bleu=10.0, **extra):
+    return {"size": size, "method": method, "seed": seed, "params": PARAMS[size], "bleu": bleu, "chrf": bleu + 20,
+            **extra}
+
+
+def test_convergence_wording():
+    line = lambda records: results_table.convergence_line(results_table.summarize(records))
+    mixed = [run_record("micro", "ce", 1, stopped="patience", num_updates=3500, valid_fall_1k=-0.02),
+             run_record("micro", "ce", 2, stopped="max_update", num_updates=5000, valid_fall_1k=0.1)]
+    assert line(mixed) == ("1 of 2 students stopped at the update cap (5,000 updates), 1 because validation CE "
+                           "stopped improving; over the last 1,000 updates of those at the cap, validation CE still "
+                           "fell by 0.100 to 0.100 bits.")  # the patience run's 3,500 and its rise are not the cap's
+    capped = [run_record("micro", "ce", s, stopped="max_update", num_updates=5000, valid_fall_1k=f)
+              for s, f in ((1, 0.1), (2, 0.05))]
+    assert "**None converged**" in line(capped)
+    assert results_table.all_at_cap(results_table.summarize(capped))  # the table is titled "at the update cap"
+    assert not results_table.all_at_cap(results_table.summarize(mixed))
+    plateau = [run_record("micro", "ce", s, stopped="max_update", num_updates=5000, valid_fall_1k=f)
+               for s, f in ((1, 0.1), (2, -0.02))]
+    assert "changed by -0.100 to +0.020 bits" in line(plateau) and "None converged" not in line(plateau)
+
+
+def test_teacher_line_with_a_rising_loss_and_few_fields():
+    teacher = {"bleu": 20.0, "chrf": 45.0, "valid_fall_1k": -0.01, "stopped": "max_update"}
+    assert results_table.teacher_line(teacher) == (
+        "Teacher (`?`, stopped at its update cap; over its last 1,000 updates its validation CE rose 0.010 bits): "
+        "**BLEU 20.00, chrF 45.00**.")
+
+
+def test_grid_records_the_report_cannot_plan(capsys):
+    assert results_table.planned_runs({"invocations": [{"argv": ["--sizes", "huge:3"]}]}) == []
+    assert "cannot be planned" in capsys.readouterr().err
+    assert results_table.planned_runs({"invocations": [{"start": "x"}]}) == []
+    # an --evaluate-only invocation (given fewer options) does not replace the plan
+    plan = results_table.planned_runs({"invocations": [{"argv": ["--sizes", "nano:1", "--methods", "ce"]},
+                                                       {"argv": ["--evaluate-only"]}]})
+    assert [name for name, *_ in plan] == ["nano-ce-s1"]
+    assert results_table.invocation_differences([{}, {"argv": ["--updates", "5"]}]) == [
+        "- Invocation 1 (?) differed from the last: `--updates (unset)`. Runs it finished were kept.",
+        "- The invocations' own commits were not recorded (the runner records them since 2026-11-30); "
+        "the commit below is the last invocation's."]
+
+
+def test_partial_seeds_and_no_shared_seed():
+    records = [run_record("micro", "tie_kd", s, bleu=b, cpu_seconds=4000.0, num_updates=800)
+               for s, b in ((1, 12.0), (2, 14.0), (3, 16.0))]
+    records += [run_record("micro", "ce_eqtime", 1, bleu=11.0, cpu_seconds=4100.0, num_updates=3000)]
+    records += [run_record("micro", "ce", 3, bleu=9.0, cpu_seconds=1000.0)]
+    records += [run_record("nano", "tie_kd", 1, bleu=5.0), run_record("nano", "ce", 2, bleu=4.0)]  # no shared seed
+    summary = results_table.summarize(records)
+    assert summary[("nano", "tie_kd")]["gain_over_ce"] is None and summary[("nano", "tie_kd")]["gain_over_ce_n"] == 0
+    text = "\n".join(results_table.paper_claims(summary, {"word_kd": [], "ce": []}))
+    assert "nano, TIE-KD beats" not in text and "micro, TIE-KD beats the student without KD" in text
+    eq = results_table.equal_compute_findings(summary, "micro", {})
+    # over seed 1 only: 1.14 vs 1.11 CPU-h, 3000 vs 800 updates, TIE-KD's 12.0 vs 11.0 BLEU
+    assert "(1.14 vs 1.11 CPU-h, 3000 updates instead of 800; means over the 1 seed(s) both have)" in eq[0]
+    assert "TIE-KD is ahead of it (+1.00 BLEU" in eq[0]
+
+
+def test_a_pair_without_teacher_or_plan(work, tmp_path_factory):
+    other = tmp_path_factory.mktemp("noteacher")
+    shutil.copytree(work / "runs", other / "runs")
+    (other / "grid.json").write_text(json.dumps({"src": "en", "tgt": "ro"}))
+    out = work / "two.md"
+    results_table.main(["--work", str(work), "--work", str(other), "--out", str(out), "--bootstrap-samples", "50"])
+    text = out.read_text()
+    assert "## en-ro: how it was run" in text and "### en-ro" in text
+    with pytest.raises(SystemExit, match="no evaluated run"):
+        results_table.main(["--work", str(tmp_path_factory.mktemp("empty")), "--out", str(work / "x.md")])
 
 
 def test_reads_references_as_tiekd_eval_does(tmp_path):

@@ -719,11 +719,11 @@ def invocation_differences(invocations):
 def evaluation_line(records):
     settings = defaultdict(int)
     for r in records:
-        settings[(len(r["checkpoints"]), r["beam"], r["lenpen"], r["n"], r["bleu_signature"], r["chrf_signature"])] += 1
+        settings[(*evaluation_settings(r), r.get("n"), r.get("bleu_signature"), r.get("chrf_signature"))] += 1
     (average, beam, lenpen, n, bleu_sig, chrf_sig), _ = max(settings.items(), key=lambda kv: kv[1])
     line = (f"- Evaluation: average of the last {average} checkpoints (`tiekd-eval --average-last {average}`), "
             f"beam {beam}, lenpen {lenpen} (not tuned per method), SentencePiece undone, sacreBLEU on the "
-            f"{n:,}-sentence test set; BLEU `{bleu_sig}`, chrF `{chrf_sig}`.")
+            f"{n or 0:,}-sentence test set; BLEU `{bleu_sig}`, chrF `{chrf_sig}`.")
     if len(settings) > 1:
         line += f" **{len(records) - max(settings.values())} run(s) were evaluated with other settings.**"
     return line

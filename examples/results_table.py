@@ -20,7 +20,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 
-from run_grid import parse_args as grid_args, run_plan, validations  # the runner's plan and log reading
+from run_grid import EQTIME, parse_args as grid_args, run_plan, validations  # the runner's names, plan and log reading
 
 METHOD_NAMES = {  # display order
     "ce": "CE (no KD)",
@@ -31,7 +31,6 @@ METHOD_NAMES = {  # display order
     "ce_eqtime": "CE, TIE-KD's CPU time",
     "word_kd_eqtime": "word-KD, TIE-KD's CPU time",
 }
-EQTIME = "_eqtime"
 COLOURS = {"ce": "C0", "word_kd": "C1", "seq_kd": "C2", "tie_kd": "C3", "tie_kd_pool": "C4"}  # one per method in every plot
 PAPER = ("TIE-KD gains +1.04 (WMT'14 en-de), +0.60 (en-fr) and +1.11 (WMT'16 en-ro) BLEU over the "
          "student trained without KD, beats vanilla word-level KD on all three, and its gain holds "
@@ -53,16 +52,14 @@ def base_method(method):
 # ---------------------------------------------------------------- records
 
 def load_records(work):
-    """One dict per evaluated student run: its test-set tiekd-eval record plus the runner's train.json."""
-    runs, common = student_evaluations(work)
-    return [_with_train_record(choose_evaluation(run_dir, found, common)) for run_dir, found in runs.items() if found]
-
-
-def student_evaluations(work):
-    """{run dir: [(path, record)] of its test-set evaluations}, and how many runs were evaluated
-    with each setting (checkpoints averaged, beam, lenpen)."""
+    """One dict per evaluated student run (its test-set tiekd-eval record plus the runner's
+    train.json), and the teacher's record (or None), evaluated with the settings most runs have."""
     runs = {d: test_set_evaluations(d) for d in sorted(glob.glob(os.path.join(work, "runs", "*")))}
-    return runs, Counter(evaluation_settings(r) for found in runs.values() for _, r in found)
+    common = Counter(evaluation_settings(r) for found in runs.values() for _, r in found)
+    records = [_with_train_record(choose_evaluation(run_dir, found, common)) for run_dir, found in runs.items() if found]
+    teacher_dir = os.path.join(work, "teacher")
+    found = test_set_evaluations(teacher_dir)
+    return records, (_with_train_record(choose_evaluation(teacher_dir, found, common)) if found else None)
 
 
 def test_set_evaluations(run_dir):
@@ -134,13 +131,6 @@ def valid_fall(curve, span=1000):
     end, loss = curve[-1]
     earlier = [x for u, x in curve if u <= end - span]
     return earlier[-1] - loss if earlier else None
-
-
-def load_teacher(work):
-    found = test_set_evaluations(os.path.join(work, "teacher"))
-    if not found:
-        return None
-    return _with_train_record(choose_evaluation(os.path.join(work, "teacher"), found, student_evaluations(work)[1]))
 
 
 def load_grid(work):
@@ -543,6 +533,12 @@ def convergence_line(summary):
     return text + "."
 
 
+def word_kd_margins(summary):
+    """[(size, TIE-KD's summary)] at the sizes where TIE-KD has a paired margin over word-KD."""
+    return [(z, summary[(z, "tie_kd")]) for z in sizes_in_order(summary)
+            if (z, "tie_kd") in summary and summary[(z, "tie_kd")]["gain_over_word_kd"] is not None]
+
+
 def paper_claims(summary, boots, teacher=None):
     """The paper's claims, each with a verdict per student size from the per-seed paired
     bootstraps; then the methods the paper did not compare, and the cost."""
@@ -580,8 +576,7 @@ def paper_claims(summary, boots, teacher=None):
                            f"{gain(other, 'gain_over_tie_kd')} BLEU, {gain(other, 'chrf_gain_over_tie_kd')} chrF "
                            f"(paired); significantly better by BLEU in {won} of {n} seeds, worse in "
                            f"{losses(rows, size, 'BLEU')}.")
-    by_size = [(z, summary[(z, "tie_kd")]) for z in sizes
-               if (z, "tie_kd") in summary and summary[(z, "tie_kd")]["gain_over_word_kd"] is not None]
+    by_size = word_kd_margins(summary)
     if len(by_size) > 1:
         per_size = [(z, s, *wins(boot_word, z, "BLEU"), losses(boot_word, z, "BLEU")) for z, s in by_size]
         overall = ("holds" if all(n and won == n for _, _, won, n, _ in per_size) else
@@ -811,9 +806,7 @@ def headline(works, data):
         lines.append(f"- Length: TIE-KD's translations are {tie['length_ratio']:.3f} of the reference length, "
                      f"word-KD's {word['length_ratio']:.3f} (same lenpen for all).")
     lines += [line.replace(f"**Equal compute ({size})**", "Equal compute") for line in equal_compute_findings(summary, size, d["boots"])]
-    sizes = sizes_in_order(summary)
-    margins = [(z, summary[(z, "tie_kd")]) for z in sizes
-               if (z, "tie_kd") in summary and summary[(z, "tie_kd")]["gain_over_word_kd"] is not None]
+    margins = word_kd_margins(summary)
     if len(margins) > 1:
         lines.append("- TIE-KD minus word-KD BLEU by student size (largest teacher-student gap first): "
                      + ", ".join(f"{z} {gain(s, 'gain_over_word_kd')}" for z, s in margins) + ".")
@@ -912,14 +905,14 @@ def render(works, data, plots):
 
 
 def load_pair(work, n_samples):
-    records = load_records(work)
+    records, teacher = load_records(work)
     missing = missing_runs(work, records)
     boots = {base: paired_bootstrap(records, baseline=base, n_samples=n_samples)  # TIE-KD vs each baseline
              for base in ("word_kd", "ce", "ce_eqtime", "word_kd_eqtime")}
     boots.update({m: paired_bootstrap(records, system=m, baseline="tie_kd", n_samples=n_samples)
                   for m in ("seq_kd", "tie_kd_pool")})  # the methods the paper did not compare, vs TIE-KD
     return {"records": records, "summary": summarize(records), "boots": boots,
-            "teacher": load_teacher(work), "missing": missing}
+            "teacher": teacher, "missing": missing}
 
 
 def main(argv=None):

@@ -168,9 +168,6 @@ class Grid:
             "--keep-interval-updates", str(a.average_last), "--validate-after-updates", str(validate_after),
         ] + (["--patience", str(patience)] if patience else []) + (["--cpu"] if not self.cuda else [])
 
-    def run_plan(self):
-        return run_plan(self.a)
-
     def eqtime_updates(self, size, method, seed):
         """Updates that METHOD gets for the CPU time of the tie_kd run of the same size and seed."""
         base, tie = (self.train_record(f"{size}-{m}-s{seed}") for m in (method[:-len(EQTIME)], "tie_kd"))
@@ -304,10 +301,11 @@ class Grid:
         from importlib.metadata import version
         path = os.path.join(self.work, "grid.json")
         grid = json.load(open(path)) if os.path.exists(path) else {"invocations": []}
+        commit = _commit()
         if end is None:
             self.invocation = len(grid["invocations"])  # entries are only appended, even when overlapping
             grid["invocations"].append({"start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)),
-                                        "argv": sys.argv[1:], "minutes": None, "commit": _commit()})
+                                        "argv": sys.argv[1:], "minutes": None, "commit": commit})
         else:
             grid["invocations"][self.invocation]["minutes"] = (end - start) / 60
         cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
@@ -326,7 +324,7 @@ class Grid:
             command="python examples/run_grid.py " + shlex.join(sys.argv[1:]),
             machine=f"{os.cpu_count()} cores, {cpu}", torch=version("torch"),
             fairseq=next((version(d) for d in ("fairseq", "ve-fairseq", "fairseq-fixed") if _installed(d)), "?"),
-            commit=_commit(), jobs=self.a.jobs, threads=self.a.threads,
+            commit=commit, jobs=self.a.jobs, threads=self.a.threads,
             src=self.a.src, tgt=self.a.tgt,
             data_note=(f"{source}: " + ", ".join(f"{n:,} {name}" for name, n in counts.items()) + " lines; "
                        f"SentencePiece {self.a.vocab}, joint dictionary.") if counts else self.data,
@@ -359,7 +357,7 @@ class Grid:
         finished runs of the same size and method (else of the method, else of the run measured
         against for *_eqtime)."""
         rows, done = [], {}  # rows: dicts with "left" None until estimated, 0.0 when trained
-        for name, size, method, _ in [("teacher", "teacher", "teacher", 1)] + self.run_plan():
+        for name, size, method, _ in [("teacher", "teacher", "teacher", 1)] + run_plan(self.a):
             run_dir = self.teacher_dir if name == "teacher" else os.path.join(self.work, "runs", name)
             train_json = os.path.join(run_dir, "train.json")
             cpu_file, train_log = os.path.join(run_dir, "cpu.json"), os.path.join(run_dir, "train.log")
@@ -408,7 +406,7 @@ class Grid:
         teacher_args = self.common(self.teacher_dir, a.teacher_updates, 1, a.teacher_patience,
                                    save_every=a.teacher_save_every) + [
             "--arch", a.teacher_arch, "--criterion", "label_smoothed_cross_entropy"]
-        plan = self.run_plan()
+        plan = run_plan(self.a)
         if a.evaluate_only:
             plan = [run for run in plan if os.path.exists(os.path.join(self.work, "runs", run[0], "train.json"))]
             self.evaluate("teacher", self.teacher_dir, "teacher", "teacher", 1)

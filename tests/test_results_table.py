@@ -88,8 +88,14 @@ def work(tmp_path):
     return tmp_path
 
 
+def records_of(work):
+    records, teacher = results_table.load_records(str(work))
+    assert teacher["bleu"] == 20.0  # the teacher's record comes with them
+    return records
+
+
 def test_means_sds_and_paired_gains(work):
-    summary = results_table.summarize(results_table.load_records(str(work)))
+    summary = results_table.summarize(records_of(work))
     ce, word, tie = (summary[("micro", m)] for m in ("ce", "word_kd", "tie_kd"))
     assert (ce["bleu"], ce["bleu_sd"]) == (pytest.approx(12.0), pytest.approx(2.0))
     assert (tie["bleu"], tie["bleu_sd"], tie["chrf"]) == (pytest.approx(15.0), pytest.approx(3.25 ** 0.5),
@@ -113,7 +119,7 @@ def test_means_sds_and_paired_gains(work):
 
 
 def test_which_test_evaluation_counts(work):
-    records = {(r["size"], r["method"], r["seed"]): r for r in results_table.load_records(str(work))}
+    records = {(r["size"], r["method"], r["seed"]): r for r in records_of(work)}
     assert records[("micro", "tie_kd", 1)]["bleu"] == 13.0  # not the validation-set record's 99
     assert records[("micro", "ce", 1)]["bleu"] == 10.0  # not the older test record's 50
     assert records[("micro", "tie_kd", 2)]["bleu"] == 15.5  # not the newer one at lenpen 1.0 that no other run has
@@ -122,7 +128,7 @@ def test_which_test_evaluation_counts(work):
 
 
 def test_validation_curves(work):
-    record = results_table.load_records(str(work))[0]
+    record = records_of(work)[0]
     assert record["valid_curve"] == [(0, 6.2), (400, 6.1), (800, 6.0)]
     assert record["valid_fall_1k"] is None  # a shorter stretch than 1,000 updates
     assert results_table.valid_fall([(0, 6.2), (500, 6.1), (1000, 6.0), (1500, 5.95)]) == pytest.approx(0.15)
@@ -133,7 +139,7 @@ def test_validation_curves(work):
 
 
 def test_length_terms_come_from_the_translations(work):
-    records = {(r["size"], r["method"], r["seed"]): r for r in results_table.load_records(str(work))}
+    records = {(r["size"], r["method"], r["seed"]): r for r in records_of(work)}
     ce = records[("micro", "ce", 1)]
     expected = sacrebleu.corpus_bleu(HYPS["ce"], [REFS])
     assert ce["length_ratio"] == pytest.approx(12 / 29)  # 12 hypothesis tokens for 29 reference tokens
@@ -144,11 +150,11 @@ def test_length_terms_come_from_the_translations(work):
 
 
 def test_paired_bootstrap_uses_the_hypothesis_files(work):
-    rows = results_table.paired_bootstrap(results_table.load_records(str(work)), n_samples=200)
+    rows = results_table.paired_bootstrap(records_of(work), n_samples=200)
     # smallest student first, then by seed
     assert [(r["size"], r["seed"]) for r in rows] == [("nano", 1), ("micro", 1), ("micro", 2), ("micro", 3)]
     assert [r["size"] for r in results_table.paired_bootstrap(
-        results_table.load_records(str(work)), baseline="ce", n_samples=100)] == ["nano"] + ["micro"] * 3
+        records_of(work), baseline="ce", n_samples=100)] == ["nano"] + ["micro"] * 3
     expected = sacrebleu.corpus_bleu(HYPS["tie_kd"], [REFS]).score
     assert rows[1]["BLEU"]["system"] == pytest.approx(expected)
     assert rows[1]["BLEU"]["baseline"] == pytest.approx(sacrebleu.corpus_bleu(HYPS["word_kd"], [REFS]).score)
@@ -166,7 +172,7 @@ def test_p_values_and_verdicts():
 
 
 def test_missing_runs_follow_the_grid_plan(work):
-    records = results_table.load_records(str(work))
+    records = records_of(work)
     assert results_table.missing_runs(str(work), records) == ["nano-ce-s2", "nano-tie_kd-s2"]
 
 
@@ -238,13 +244,13 @@ def test_convergence_wording():
     assert line(mixed) == ("1 of 2 students stopped at the update cap (5,000 updates), 1 because validation CE "
                            "stopped improving; over the last 1,000 updates of those at the cap, validation CE still "
                            "fell by 0.100 to 0.100 bits.")  # the patience run's 3,500 and its rise are not the cap's
-    capped = [run_record("micro", "ce", s, stopped="max_update", num_updates=5000, valid_fall_1k=f)
-              for s, f in ((1, 0.1), (2, 0.05))]
+    at_cap = lambda *falls: [run_record("micro", "ce", seed, stopped="max_update", num_updates=5000, valid_fall_1k=f)
+                             for seed, f in enumerate(falls, 1)]
+    capped = at_cap(0.1, 0.05)
     assert "**None converged**" in line(capped)
     assert results_table.all_at_cap(results_table.summarize(capped))  # the table is titled "at the update cap"
     assert not results_table.all_at_cap(results_table.summarize(mixed))
-    plateau = [run_record("micro", "ce", s, stopped="max_update", num_updates=5000, valid_fall_1k=f)
-               for s, f in ((1, 0.1), (2, -0.02))]
+    plateau = at_cap(0.1, -0.02)
     assert "changed by -0.100 to +0.020 bits" in line(plateau) and "None converged" not in line(plateau)
 
 

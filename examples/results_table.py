@@ -650,6 +650,15 @@ def findings(summary, boots, main_size=None, teacher=None):
 
 # ---------------------------------------------------------------- report parts
 
+def span_minutes(invocations):
+    """Minutes from the first invocation's start to the last end of one that ran to its end; 0 if none did.
+    A stopped invocation ("minutes": None) still opens the span: grids run across sessions."""
+    def start(i):
+        return time.mktime(time.strptime(i["start"], "%Y-%m-%d %H:%M:%S"))
+    ends = [start(i) + i["minutes"] * 60 for i in invocations if i.get("minutes") is not None]
+    return (max(ends) - min(map(start, invocations))) / 60 if ends else 0.0
+
+
 def how_it_was_run(work, records, teacher=None):
     grid = load_grid(work)
     cpu = sum(r["cpu_seconds"] for r in records if r.get("cpu_seconds")) / 3600
@@ -658,7 +667,7 @@ def how_it_was_run(work, records, teacher=None):
     lines = []
     if grid:
         invocations = grid.get("invocations", [])
-        wall = grid.get("wall_minutes") or 0  # 0: no invocation ran to its end (each was stopped)
+        wall = span_minutes(invocations)
         lines += [f"- Command: `{grid.get('command')}`: "
                   + (f"{wall / 60:.1f} h from the first invocation's start to the last one's end, " if wall else "")
                   + f"{len(invocations)} invocation(s) (re-running it skips what is done); "

@@ -315,7 +315,6 @@ class Grid:
                   for name in (f"train.{self.a.tgt}", f"valid.{self.a.tgt}", f"test.{self.a.tgt}", f"pool.{self.a.src}")
                   if os.path.exists(os.path.join(raw, name))}
         if self.a.evaluate_only:  # the training invocations' settings stay
-            grid["wall_minutes"] = _span_minutes(grid["invocations"])
             _write_json(path, grid)
             return
         source = self.a.data_note or (f"LibreOffice help en-{self.a.tgt} (Debian packages, examples/data/prepare.sh)"
@@ -327,8 +326,7 @@ class Grid:
             commit=commit, jobs=self.a.jobs, threads=self.a.threads,
             src=self.a.src, tgt=self.a.tgt,
             data_note=(f"{source}: " + ", ".join(f"{n:,} {name}" for name, n in counts.items()) + " lines; "
-                       f"SentencePiece {self.a.vocab}, joint dictionary.") if counts else self.data,
-            wall_minutes=_span_minutes(grid["invocations"]))
+                       f"SentencePiece {self.a.vocab}, joint dictionary.") if counts else self.data)
         _write_json(path, grid)
 
     def prepare_data(self):
@@ -514,13 +512,6 @@ def patience_stop(log_text, patience):
             if since >= patience:
                 return update
     return None
-
-
-def _span_minutes(invocations):
-    """Minutes from the first invocation's start to the last one's end."""
-    spans = [(time.mktime(time.strptime(i["start"], "%Y-%m-%d %H:%M:%S")), i["minutes"]) for i in invocations
-             if i["minutes"] is not None]
-    return (max(t + m * 60 for t, m in spans) - min(t for t, _ in spans)) / 60 if spans else 0.0
 
 
 def _installed(dist):

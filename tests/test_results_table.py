@@ -81,7 +81,7 @@ def work(tmp_path):
          "checkpoints": ["a.pt", "b.pt"]}))
     (tmp_path / "teacher" / "train.json").write_text(json.dumps({"cpu_seconds": 7200.0, "stopped": "patience"}))
     (tmp_path / "grid.json").write_text(json.dumps({
-        "src": "en", "tgt": "de", "command": "python examples/run_grid.py", "wall_minutes": 90.0,
+        "src": "en", "tgt": "de", "command": "python examples/run_grid.py",
         "jobs": 2, "threads": 1, "commit": "bbb2222",
         "invocations": [{"start": "2026-11-30 08:00:00", "argv": GRID_ARGV[:-1] + ["400"], "commit": "aaa1111"},
                         {"start": "2026-11-30 09:00:00", "argv": GRID_ARGV, "commit": "bbb2222"}]}))
@@ -309,3 +309,11 @@ def test_reads_references_as_tiekd_eval_does(tmp_path):
     ref = tmp_path / "ref.txt"
     ref.write_bytes(b"one\r\ntwo a\rb\r\nthree")  # CRLF, a stray carriage return, no final newline
     assert results_table.read_lines(ref) == read_lines(ref) == ["one", "two a\rb", "three"]
+
+
+def test_wall_span_starts_at_a_stopped_invocation():
+    # a grid run across sessions: the first invocations were stopped, only the last ran to its end
+    invocations = [{"start": "2026-11-30 08:00:00", "minutes": None},
+                   {"start": "2026-11-30 09:00:00", "minutes": 30.0}]
+    assert results_table.span_minutes(invocations) == pytest.approx(90.0)
+    assert results_table.span_minutes(invocations[:1]) == 0.0  # none ran to its end: no span is claimed
